@@ -1,0 +1,74 @@
+"""`ssame <stage>`: one subcommand per pipeline stage; Snakemake rules call these."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ssame.config import ParamsError, load_params
+
+STAGES: dict[str, str] = {
+    "data": "build the benchmark (MMEB-mini, or MMEB from the hub) and the offline tokenizer",
+    "saliency": "saliency maps for every image and subject phrases for every text",
+    "train": "train one (variant, seed); run it under `accelerate launch -m ssame train ...`",
+    "evaluate": "MMEB protocol hit@1 of one trained (variant, seed)",
+    "report": "tables and figures from every evaluated (variant, seed)",
+}
+
+
+def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
+    """Import lazily so `ssame --help` stays fast and a stage pulls in only what it needs."""
+    if stage == "data":
+        from ssame.data import build
+    elif stage == "saliency":
+        from ssame.saliency import build
+    elif stage == "report":
+        from ssame.report import build
+    else:
+        _check_run(params, args)
+        if stage == "train":
+            from ssame.train import train as run_one
+        else:
+            from ssame.evaluate import evaluate as run_one
+        run_one(params, args.variant, args.seed)
+        return
+    build(params)
+
+
+def _check_run(params: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.variant not in params["variants"]:
+        raise ParamsError(f"--variant '{args.variant}' is not a key of 'variants' ({sorted(params['variants'])})")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ssame", description="SSA-ME reproduction pipeline (MMEB).")
+    subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage, help_text in STAGES.items():
+        sub = subs.add_parser(stage, help=help_text, description=help_text)
+        sub.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
+        sub.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+        if stage in ("train", "evaluate"):
+            sub.add_argument("--variant", required=True, help="a key of the params' `variants`")
+            sub.add_argument("--seed", type=int, required=True, help="training seed")
+    return top
+
+
+def main(argv: list[str] | None = None, run: Callable[..., None] = _run) -> int:
+    args = parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        print(f"ssame {args.stage}: {err}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run(args.stage, params, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Read, write and validate the data stage's output (the one reader every later stage uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMAGE_TOKEN = "<|image_1|>"
+TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
+EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+MANIFEST_COLUMNS = ("dataset", "meta_task", "split", "num_candidates", "num_queries", "train_rows")
+META_TASKS = ("classification", "vqa", "retrieval", "grounding")
+SPLITS = ("IND", "OOD")
+
+_EVAL_SCHEMA = pa.schema(
+    [
+        ("qry_text", pa.string()),
+        ("qry_img_path", pa.string()),
+        ("tgt_text", pa.list_(pa.string())),
+        ("tgt_img_path", pa.list_(pa.string())),
+    ]
+)
+_TRAIN_SCHEMA = pa.schema([(c, pa.string()) for c in TRAIN_COLUMNS])
+
+
+class DataFormatError(ValueError):
+    """Malformed benchmark data; the message names the file, row and column."""
+
+
+def image_root(data_dir: str | Path) -> Path:
+    """The single root every image path in the parquets is relative to."""
+    return Path(data_dir) / "images"
+
+
+def mask_path(data_dir: str | Path, image_path: str) -> Path:
+    """Ground-truth subject mask (MMEB-mini only) of image `image_path`."""
+    if not image_path:
+        raise DataFormatError("mask_path: empty image path")
+    return Path(data_dir) / "masks" / Path(image_path).with_suffix(".png")
+
+
+def train_path(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / "train" / f"{dataset}.parquet"
+
+
+def eval_path(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / "eval" / f"{dataset}.parquet"
+
+
+def _require_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataFormatError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def validate_train(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check MMEB-train columns: every value a string ("" when missing)."""
+    _require_columns(df, TRAIN_COLUMNS, source)
+    df = df.loc[:, list(TRAIN_COLUMNS)].reset_index(drop=True)
+    for col in TRAIN_COLUMNS:
+        for row, value in enumerate(df[col]):
+            if not isinstance(value, str):
+                raise DataFormatError(
+                    f"{source}: row {row} column {col!r} is {type(value).__name__}, not str"
+                )
+    return df
+
+
+def validate_eval(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check MMEB-eval columns; candidate lists become Python lists of str of equal, non-zero length."""
+    _require_columns(df, EVAL_COLUMNS, source)
+    df = df.loc[:, list(EVAL_COLUMNS)].reset_index(drop=True)
+    for col in ("qry_text", "qry_img_path"):
+        for row, value in enumerate(df[col]):
+            if not isinstance(value, str):
+                raise DataFormatError(
+                    f"{source}: row {row} column {col!r} is {type(value).__name__}, not str"
+                )
+    lists = {}
+    for col in ("tgt_text", "tgt_img_path"):
+        values = []
+        for row, value in enumerate(df[col]):
+            if value is None or isinstance(value, str) or not hasattr(value, "__len__"):
+                raise DataFormatError(f"{source}: row {row} column {col!r} is not a list of str")
+            value = list(value)
+            if not value:
+                raise DataFormatError(f"{source}: row {row} column {col!r} is an empty candidate list")
+            if not all(isinstance(v, str) for v in value):
+                raise DataFormatError(f"{source}: row {row} column {col!r} holds a non-string candidate")
+            values.append(value)
+        lists[col] = values
+    for row, (texts, images) in enumerate(zip(lists["tgt_text"], lists["tgt_img_path"], strict=True)):
+        if len(texts) != len(images):
+            raise DataFormatError(
+                f"{source}: row {row} is ragged: {len(texts)} tgt_text vs {len(images)} tgt_img_path"
+            )
+    df["tgt_text"] = pd.Series(lists["tgt_text"], dtype=object)
+    df["tgt_img_path"] = pd.Series(lists["tgt_img_path"], dtype=object)
+    return df
+
+
+def validate_manifest(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check manifest columns, vocabularies and integer counts."""
+    _require_columns(df, MANIFEST_COLUMNS, source)
+    df = df.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    for row, rec in enumerate(df.itertuples(index=False)):
+        if not isinstance(rec.dataset, str) or not rec.dataset:
+            raise DataFormatError(f"{source}: row {row} has an empty dataset name")
+        if rec.meta_task not in META_TASKS:
+            raise DataFormatError(
+                f"{source}: row {row} ({rec.dataset}) meta_task {rec.meta_task!r} not in {META_TASKS}"
+            )
+        if rec.split not in SPLITS:
+            raise DataFormatError(f"{source}: row {row} ({rec.dataset}) split {rec.split!r} not in {SPLITS}")
+    for col in ("num_candidates", "num_queries", "train_rows"):
+        if not pd.api.types.is_integer_dtype(df[col]) or (df[col] < 0).any():
+            raise DataFormatError(f"{source}: column {col!r} must hold non-negative integers")
+    dupes = df["dataset"][df["dataset"].duplicated()].tolist()
+    if dupes:
+        raise DataFormatError(f"{source}: duplicate dataset rows {dupes}")
+    ood_train = df[(df["split"] == "OOD") & (df["train_rows"] != 0)]["dataset"].tolist()
+    if ood_train:
+        raise DataFormatError(f"{source}: OOD dataset(s) {ood_train} must have train_rows 0")
+    return df
+
+
+def check_images(data_dir: str | Path, dataset: str, df: pd.DataFrame, columns: Iterable[str]) -> None:
+    """Raise naming dataset, row and path for the first referenced image that does not exist."""
+    root = image_root(data_dir)
+    for col in columns:
+        for row, value in enumerate(df[col]):
+            for path in [value] if isinstance(value, str) else value:
+                if path and not (root / path).is_file():
+                    raise DataFormatError(
+                        f"{dataset}: row {row} column {col!r} image {path!r} not found under {root}"
+                    )
+
+
+def read_manifest(data_dir: str | Path) -> pd.DataFrame:
+    path = Path(data_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    return validate_manifest(pd.read_csv(path, keep_default_na=False), str(path))
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"parquet not found: {path}")
+    return pq.read_table(path).to_pandas()
+
+
+def read_train(data_dir: str | Path, dataset: str) -> pd.DataFrame:
+    path = train_path(data_dir, dataset)
+    return validate_train(_read_parquet(path), str(path))
+
+
+def read_eval(data_dir: str | Path, dataset: str) -> pd.DataFrame:
+    path = eval_path(data_dir, dataset)
+    return validate_eval(_read_parquet(path), str(path))
+
+
+def write_train(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
+    path = train_path(data_dir, dataset)
+    df = validate_train(df, f"train/{dataset}")
+    check_images(data_dir, dataset, df, ("qry_image_path", "pos_image_path", "neg_image_path"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(df, schema=_TRAIN_SCHEMA, preserve_index=False), path)
+    return path
+
+
+def write_eval(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
+    path = eval_path(data_dir, dataset)
+    df = validate_eval(df, f"eval/{dataset}")
+    check_images(data_dir, dataset, df, ("qry_img_path", "tgt_img_path"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(df, schema=_EVAL_SCHEMA, preserve_index=False), path)
+    return path
+
+
+def write_manifest(data_dir: str | Path, rows: list[dict]) -> Path:
+    path = Path(data_dir) / "manifest.csv"
+    df = validate_manifest(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, lineterminator="\n")
+    return path

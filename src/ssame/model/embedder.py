@@ -1,0 +1,96 @@
+"""SSA-ME embedder: Qwen2-VL + optional feature regeneration; last-token pooling, L2-normalised."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from ssame.model.inputs import EncodedBatch
+from ssame.model.regen import FeatureRegenerator
+
+MODULES_FILE, CONFIG_FILE = "ssame_modules.safetensors", "ssame.json"
+
+
+@dataclass
+class EmbedOutput:
+    embeddings: torch.Tensor                 # (B, D), unit norm
+    visual_attention: list[torch.Tensor]     # per image: pooled-token attention on its visual tokens (n,)
+
+
+class Embedder(nn.Module):
+    """Encode a batch of (text, image) inputs into one vector each."""
+
+    def __init__(self, backbone: Qwen2VLForConditionalGeneration, variant: dict[str, Any]):
+        super().__init__()
+        self.backbone = backbone
+        self.variant = dict(variant)
+        hidden = backbone.config.text_config.hidden_size
+        self.regen = FeatureRegenerator(hidden) if variant["feature_regen"] else None
+        self.attn_layers: list[int] = list(variant.get("attn_layers", [-1]))
+
+    @property
+    def uses_saliency(self) -> bool:
+        return self.regen is not None
+
+    def forward(self, batch: EncodedBatch, with_attention: bool = False) -> EmbedOutput:
+        inputs = batch.inputs
+        core = self.backbone.model
+        kwargs: dict[str, Any] = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        if "pixel_values" in inputs:
+            feats = core.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+            if self.regen is not None:
+                if batch.saliency is None:
+                    raise ValueError("feature regeneration needs saliency maps for every image of the batch")
+                feats = tuple(self.regen(f, torch.as_tensor(s.ravel(), device=f.device))
+                              for f, s in zip(feats, batch.saliency, strict=True))
+            kwargs["image_grid_thw"] = inputs["image_grid_thw"]
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+        out = core(**kwargs, output_attentions=with_attention, use_cache=False)
+        embeddings = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
+        attention = self._visual_attention(out.attentions, batch) if with_attention else []
+        return EmbedOutput(embeddings, attention)
+
+    def _visual_attention(self, attentions, batch: EncodedBatch) -> list[torch.Tensor]:
+        """Last-token attention over each image's visual tokens, averaged over heads and the chosen layers."""
+        if not attentions:
+            raise RuntimeError("the backbone returned no attention weights: set model.attn_implementation: eager")
+        last = torch.stack([attentions[i][:, :, -1, :] for i in self.attn_layers]).mean(dim=(0, 2))  # (B, L)
+        is_visual = batch.inputs["mm_token_type_ids"].bool()
+        return [last[row][is_visual[row]] for row in batch.image_rows]
+
+    def save(self, directory: Path, tokenizer, image_processor) -> None:
+        """Backbone via save_pretrained (safetensors) + SSA-ME modules + variant, one self-contained folder."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory / "backbone")
+        tokenizer.save_pretrained(directory / "backbone")
+        image_processor.save_pretrained(directory / "backbone")
+        if self.regen is not None:
+            save_file({f"regen.{k}": v.contiguous() for k, v in self.regen.state_dict().items()},
+                      directory / MODULES_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps({"variant": self.variant}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path, attn_implementation: str = "eager"):
+        """(embedder, tokenizer, image processor) from a folder written by `save`."""
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"not an ssame model folder (no {CONFIG_FILE}): {directory}")
+        variant = json.loads(config_path.read_text())["variant"]
+        backbone = Qwen2VLForConditionalGeneration.from_pretrained(
+            directory / "backbone", attn_implementation=attn_implementation)
+        embedder = cls(backbone, variant)
+        if embedder.regen is not None:
+            state = load_file(directory / MODULES_FILE)
+            embedder.regen.load_state_dict({k.removeprefix("regen."): v for k, v in state.items()})
+        tokenizer = AutoTokenizer.from_pretrained(directory / "backbone")
+        return embedder, tokenizer, Qwen2VLImageProcessorPil.from_pretrained(directory / "backbone")

@@ -1,0 +1,15 @@
+rule evaluate:
+    input:
+        model=rules.train.output.model,
+        saliency=rules.saliency.output.manifest,
+    output:
+        aggregate=f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json",
+        scores=directory(f"{R}/eval/{{variant}}/seed{{seed}}/scores"),
+    params:
+        cfg=P["evaluate"],
+    threads: workflow.cores
+    log:
+        f"{R}/logs/evaluate/{{variant}}/seed{{seed}}.log",
+    shell:
+        "ssame evaluate --params {PARAMS_FILE} --variant {wildcards.variant} --seed {wildcards.seed}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,20 @@
+rule report:
+    input:
+        aggregates=expand(f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json", variant=VARIANTS, seed=SEEDS),
+        saliency=rules.saliency.output.manifest,
+    output:
+        main=report(f"{REPORTS}/tables/main.csv", caption="../report/main_table.rst", category="Tables"),
+        main_md=f"{REPORTS}/tables/main.md",
+        ablation=report(f"{REPORTS}/tables/ablation.csv", caption="../report/ablation_table.rst",
+                        category="Tables"),
+        ablation_md=f"{REPORTS}/tables/ablation.md",
+        per_dataset=f"{REPORTS}/tables/per_dataset.csv",
+        per_dataset_md=f"{REPORTS}/tables/per_dataset.md",
+        bars=report(f"{REPORTS}/figures/metatask_bars.png", caption="../report/metatask_bars.rst",
+                    category="Figures"),
+        overlays=report(f"{REPORTS}/figures/saliency_overlays.png", caption="../report/saliency_overlays.rst",
+                        category="Figures"),
+    log:
+        f"{R}/logs/report.log",
+    shell:
+        "ssame report --params {PARAMS_FILE} > {log} 2>&1"
