@@ -39,8 +39,12 @@ class Context:
     combos: frozenset[tuple[str, str]]  # colour-shape pairs texts may mention in this dataset
 
 
+def _describe(colour: str, shape: str, position: str) -> str:
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape} {PHRASES[position]}"
+
+
 def caption(obj: Obj) -> str:
-    return f"a {obj.colour} {obj.shape} {PHRASES[obj.position]}"
+    return _describe(obj.colour, obj.shape, obj.position)
 
 
 def _ordered(
@@ -148,7 +152,7 @@ def i2t(ctx: Context, i: int, n: int) -> Example:
             for position in POSITIONS:
                 changed = (shape != subj.shape) + (colour != subj.colour) + (position != subj.position)
                 if changed in (1, 2):
-                    variants[changed - 1].append(f"a {colour} {shape} {PHRASES[position]}")
+                    variants[changed - 1].append(_describe(colour, shape, position))
     singles = [variants[0][k] for k in ctx.rng.permutation(len(variants[0]))]
     captions = _ordered(caption(subj), hard + singles, variants[1], ctx.rng, n)
     query = f"{IMAGE_TOKEN} Find an image caption describing the given image."

@@ -1,0 +1,54 @@
+"""Shared fixtures: the repo's params and a tiny offline Qwen2-VL stack."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssame.config import load_params
+from ssame.data.tokenizer import train_tokenizer
+from ssame.model.backbone import image_processor_for, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def default_params() -> dict:
+    return load_params(REPO / "params" / "default.yaml")
+
+
+@pytest.fixture
+def params(default_params) -> dict:
+    return copy.deepcopy(default_params)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    texts = ["a red circle on the left", "what colour is the square?", "Represent the given image."] * 3
+    return train_tokenizer(texts, 320)
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(default_params, tokenizer):
+    """(config, image processor) of the default tiny backbone."""
+    model = default_params["model"]
+    return tiny_config(model["tiny"], tokenizer, "eager"), image_processor_for(default_params)
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """Three 96 x 96 PNGs: a 16-pixel red square on flat grey, at different places."""
+    for i in range(3):
+        pixels = np.full((96, 96, 3), 100, dtype=np.uint8)
+        pixels[16 + 24 * i:32 + 24 * i, 24:40] = (220, 20, 20)
+        Image.fromarray(pixels).save(tmp_path / f"img{i}.png")
+    return tmp_path
