@@ -39,10 +39,10 @@ def test_inputs_expand_one_pad_per_merged_token(builder, tokenizer):
 
 
 def test_inputs_bad_input_errors(builder, image_dir):
-    with pytest.raises(FileNotFoundError, match="missing.png"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         builder(["x"], ["missing.png"])
     (image_dir / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png"):
+    with pytest.raises(ValueError, match=r"broken\.png"):
         builder(["x"], ["broken.png"])
     with pytest.raises(ValueError, match="no image path"):
         builder(["<|image_1|> hi"], [""])

@@ -48,5 +48,5 @@ def test_store_roundtrip_and_grid_resize(tmp_path):
     assert "x/a.png" in store
     np.testing.assert_array_equal(store.map("x/a.png"), sal)
     np.testing.assert_allclose(store.map("x/a.png", (2, 2)), [[1, 0], [0, 0]])
-    with pytest.raises(KeyError, match="nope.png"):
+    with pytest.raises(KeyError, match=r"nope\.png"):
         store.map("nope.png")

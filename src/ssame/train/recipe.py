@@ -63,7 +63,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             pos = build(mine["pos_text"].tolist(), mine["pos_image_path"].tolist(), store)
             out_q = embedder(qry, with_attention=attn_weight > 0)
             out_p = embedder(pos, with_attention=attn_weight > 0)
-            target_ids = torch.as_tensor(global_batch["target_id"].to_numpy(), device=accelerator.device)
+            target_ids = torch.tensor(global_batch["target_id"].tolist(), device=accelerator.device)
             loss_nce = info_nce(gather_with_grad(out_q.embeddings), gather_with_grad(out_p.embeddings),
                                 cfg["temperature"], target_ids)
             terms = {"loss_nce": loss_nce}
@@ -79,7 +79,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             record = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()},
                       "lr": scheduler.get_last_lr()[0]}
             if attention:
-                record["visual_attention_mass"] = float(torch.stack([a.sum() for a in attention]).mean())
+                record["visual_attention_mass"] = torch.stack([a.detach().sum() for a in attention]).mean().item()
             history.append(record)
             if accelerator.is_main_process and (step % LOG_EVERY == 0 or step == cfg["steps"]):
                 mlflow.log_metrics(record, step=step)

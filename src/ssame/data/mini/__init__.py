@@ -91,10 +91,8 @@ def check_config(cfg: dict) -> None:
             )
     if cfg["retrieval_candidates"] < 2 or cfg["grounding_candidates"] < 2 or cfg["vqa_candidates"] < 2:
         raise ValueError("data.mini.*_candidates must be >= 2")
-    if cfg["vqa_candidates"] > len(SHAPES) + len(COLOURS) + len(POSITIONS) - 2:
-        raise ValueError(
-            f"data.mini.vqa_candidates must be <= {len(SHAPES) + len(COLOURS) + len(POSITIONS) - 2}"
-        )
+    if cfg["vqa_candidates"] > len(SHAPES) + len(COLOURS) + len(POSITIONS):
+        raise ValueError(f"data.mini.vqa_candidates must be <= {len(SHAPES) + len(COLOURS) + len(POSITIONS)}")
 
 
 def num_candidates(spec: Spec, cfg: dict) -> int:

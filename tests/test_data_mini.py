@@ -1,0 +1,147 @@
+"""MMEB-mini: determinism, format conformance, OOD hold-out and the distractor traps."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssame.data import build, io
+from ssame.data.mini import DATASETS, check_config, dataset_scenes, num_candidates
+from ssame.data.mini.scene import HELD_OUT
+
+MINI = {
+    "seed": 7,
+    "image_size": 96,
+    "train_rows_per_dataset": 16,
+    "eval_queries_per_dataset": 8,
+    "retrieval_candidates": 16,
+    "grounding_candidates": 6,
+    "vqa_candidates": 8,
+}
+
+
+def _params(root, **mini) -> dict:
+    return {"results_dir": str(root), "data": {"source": "mini", "mini": {**MINI, **mini}, "tokenizer": None}}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    build(_params(root))
+    return root / "data"
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_and_seed_sensitive(tmp_path, data_dir):
+    build(_params(tmp_path / "same"))
+    assert _files(tmp_path / "same" / "data") == _files(data_dir)
+    build(_params(tmp_path / "other", seed=8))
+    other, ref = _files(tmp_path / "other" / "data"), _files(data_dir)
+    parquets = [k for k in ref if k.suffix == ".parquet"]
+    assert all(other[k] != ref[k] for k in parquets)
+    pngs = [k for k in ref if k.parts[0] == "images"]
+    assert sum(other.get(k) != ref[k] for k in pngs) > 0.9 * len(pngs)
+
+
+def test_manifest_and_meta_tasks(data_dir):
+    manifest = io.read_manifest(data_dir)
+    assert list(manifest["dataset"]) == [s.name for s in DATASETS]
+    for split in io.SPLITS:
+        assert set(manifest.loc[manifest["split"] == split, "meta_task"]) == set(io.META_TASKS)
+    assert (manifest.loc[manifest["split"] == "OOD", "train_rows"] == 0).all()
+    assert (manifest.loc[manifest["split"] == "IND", "train_rows"] == 16).all()
+    assert json.loads((data_dir / "lexicon.json").read_text())["shapes"][0] == "circle"
+
+
+def test_eval_format(data_dir):
+    root = io.image_root(data_dir)
+    for rec in io.read_manifest(data_dir).itertuples():
+        df = io.read_eval(data_dir, rec.dataset)
+        assert len(df) == rec.num_queries
+        for row in df.itertuples():
+            assert len(row.tgt_text) == len(row.tgt_img_path) == rec.num_candidates
+            pairs = list(zip(row.tgt_text, row.tgt_img_path, strict=True))
+            assert pairs[0] not in pairs[1:], (rec.dataset, row.Index)
+            assert len(set(pairs)) == len(pairs)
+            for path in [row.qry_img_path, *row.tgt_img_path]:
+                assert not path or (root / path).is_file()
+            has_image = bool(row.qry_img_path) or any(row.tgt_img_path)
+            assert has_image and (io.IMAGE_TOKEN in row.qry_text) == bool(row.qry_img_path)
+
+
+def test_train_format(data_dir):
+    root = io.image_root(data_dir)
+    for spec in DATASETS:
+        if spec.split == "OOD":
+            assert not io.train_path(data_dir, spec.name).exists()
+            continue
+        df = io.read_train(data_dir, spec.name)
+        assert len(df) == 16
+        for row in df.itertuples():
+            assert (row.pos_text, row.pos_image_path) != (row.neg_text, row.neg_image_path)
+            for path in (row.qry_image_path, row.pos_image_path, row.neg_image_path):
+                assert not path or (root / path).is_file()
+
+
+def test_masks(data_dir):
+    df = io.read_eval(data_dir, "MiniShapeCls")
+    for path in df["qry_img_path"]:
+        mask = np.asarray(Image.open(io.mask_path(data_dir, path)))
+        image = Image.open(io.image_root(data_dir) / path)
+        assert mask.shape == (image.height, image.width) and set(np.unique(mask)) == {0, 255}
+        ys, xs = np.nonzero(mask)
+        assert 0 < len(ys) < mask.size / 4
+        assert xs.min() > 0 and ys.min() > 0 and xs.max() < image.width - 1 and ys.max() < image.height - 1
+
+
+def test_ood_combinations_held_out():
+    cfg = {**MINI, "train_rows_per_dataset": 200, "eval_queries_per_dataset": 50}
+    for spec in DATASETS:
+        splits = ("train", "eval") if spec.split == "IND" else ("eval",)
+        for split in splits:
+            scenes = dataset_scenes(cfg, spec, split)
+            combos = {o.combo for s in scenes for o in (s.subject, *s.distractors)}
+            if spec.split == "IND":
+                assert not combos & HELD_OUT, spec.name
+            elif spec.name == "MiniNovelShapeCls":
+                assert {s.subject.combo for s in scenes} <= HELD_OUT
+
+
+def test_held_out_never_mentioned_in_training_text(data_dir):
+    texts = " ".join(
+        " ".join(io.read_train(data_dir, s.name).to_numpy().ravel()) for s in DATASETS if s.split == "IND"
+    )
+    for shape, colour in HELD_OUT:
+        assert f"{colour} {shape}" not in texts
+
+
+def test_distractors_share_subject_attributes():
+    for spec in DATASETS:
+        for scene in dataset_scenes(MINI, spec, "eval"):
+            subj = scene.subject
+            assert 2 <= len(scene.distractors) <= 7
+            assert any(d.colour == subj.colour and d.shape != subj.shape for d in scene.distractors)
+            assert any(d.shape == subj.shape and d.colour != subj.colour for d in scene.distractors)
+            assert all(d.combo != subj.combo and d.r < subj.r for d in scene.distractors)
+
+
+def test_num_candidates_and_config_errors():
+    assert {num_candidates(s, MINI) for s in DATASETS if s.meta_task == "retrieval"} == {16}
+    bad = copy.deepcopy(MINI)
+    del bad["vqa_candidates"]
+    with pytest.raises(KeyError, match=r"data\.mini\.vqa_candidates"):
+        check_config(bad)
+    with pytest.raises(ValueError, match=r"data\.mini\.image_size"):
+        check_config({**MINI, "image_size": 0})
+
+
+def test_bad_source(tmp_path):
+    with pytest.raises(ValueError, match=r"data\.source"):
+        build({"results_dir": str(tmp_path), "data": {"source": "web"}})

@@ -1,0 +1,102 @@
+"""End to end: the Snakemake workflow on a shrunken default profile in a scratch project directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+SCORES = ["overall", "classification", "vqa", "retrieval", "grounding", "ind", "ood"]
+
+
+def _small(params: dict) -> dict:
+    params["data"]["mini"].update(train_rows_per_dataset=24, eval_queries_per_dataset=12)
+    params["data"]["tokenizer"]["vocab_size"] = 320
+    params["train"].update(seeds=[0], steps=12, batch_size=8, warmup_steps=2)
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, repo) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for item in ["Snakefile", "dvc.yaml"]:
+        shutil.copy(repo / item, root / item)
+    shutil.copytree(repo / "workflow", root / "workflow")
+    shutil.copytree(repo / "params" / "accelerate", root / "params" / "accelerate")
+    shutil.copytree(repo / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (root / "src").symlink_to(repo / "src")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    params = _small(yaml.safe_load((repo / "params" / "default.yaml").read_text()))
+    (root / "params" / "default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _run(project: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _snakemake(project: Path, *args: str) -> str:
+    return _run(project, sys.executable, "-m", "snakemake", "--cores", "2", *args)
+
+
+def _scores(project: Path) -> dict:
+    return {p.relative_to(project / "results" / "eval").as_posix(): json.loads(p.read_text())
+            for p in sorted((project / "results" / "eval").glob("*/seed*/aggregate.json"))}
+
+
+@pytest.fixture(scope="module")
+def first_run(project) -> dict:
+    _snakemake(project)
+    return _scores(project)
+
+
+def test_tables_exist_with_scores_in_range(project, first_run):
+    main = pd.read_csv(project / "reports" / "tables" / "main.csv")
+    assert list(main.columns) == ["method", *SCORES]
+    assert sorted(main["method"]) == ["baseline", "ssame"]
+    assert main[SCORES].notna().all().all()
+    assert ((main[SCORES] >= 0) & (main[SCORES] <= 100)).all().all()
+    for name in ["ablation.csv", "ablation.md", "main.md", "per_dataset.csv"]:
+        assert (project / "reports" / "tables" / name).stat().st_size > 0
+    for name in ["metatask_bars.png", "saliency_overlays.png"]:
+        assert (project / "reports" / "figures" / name).stat().st_size > 0
+
+
+def test_finished_run_has_nothing_to_do(project, first_run):
+    assert "Nothing to be done" in _snakemake(project, "-n")
+
+
+def test_mlflow_runs_logged(project, first_run):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ssame-default"])
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(
+        f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in ["baseline", "ssame"])
+    assert runs["metrics.overall"].dropna().between(0, 1).all()
+
+
+def test_dvc_sees_snakemake_outputs_as_up_to_date(project, first_run):
+    _run(project, sys.executable, "-m", "dvc", "commit", "-f", "-q")
+    out = _run(project, sys.executable, "-m", "dvc", "repro", "--dry")
+    assert "Running stage" not in out
+
+
+def test_rerun_from_scratch_is_identical(project, first_run):
+    first_tables = (project / "reports" / "tables" / "main.csv").read_text()
+    shutil.rmtree(project / "results")
+    shutil.rmtree(project / "reports")
+    _snakemake(project)
+    assert _scores(project) == first_run
+    assert (project / "reports" / "tables" / "main.csv").read_text() == first_tables
