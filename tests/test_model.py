@@ -96,3 +96,12 @@ def test_save_load_roundtrip(tmp_path, builder, tiny_stack, tokenizer):
     assert torch.allclose(loaded.eval()(rebuilt).embeddings, before, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not an ssame model folder"):
         Embedder.load(tmp_path)
+
+
+def test_image_cache_gives_identical_inputs(tokenizer, tiny_stack, image_dir):
+    plain = InputBuilder(tokenizer, tiny_stack[1], image_dir, 16)(TEXTS, IMAGES)
+    cached_builder = InputBuilder(tokenizer, tiny_stack[1], image_dir, 16, cache_images=True)
+    cached_builder(["<|image_1|> warm"], ["img1.png"])
+    cached = cached_builder(TEXTS, IMAGES)
+    for key, value in plain.inputs.items():
+        assert torch.equal(value, cached.inputs[key]), key

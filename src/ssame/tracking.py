@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 _OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -42,9 +44,11 @@ def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str]) -> I
     db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri(db))
     name = params["tracking"]["experiment"]
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=(db.parent / "artifacts").as_uri())
-    mlflow.set_experiment(name)
+    # Parallel jobs share one SQLite file: serialise schema creation and experiment registration.
+    with FileLock(db.with_suffix(".lock")):
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=(db.parent / "artifacts").as_uri())
+        mlflow.set_experiment(name)
     with mlflow.start_run(run_name=run_name, tags=tags):
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(params).items()})
         yield mlflow

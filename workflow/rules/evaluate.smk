@@ -7,7 +7,7 @@ rule evaluate:
         scores=directory(f"{R}/eval/{{variant}}/seed{{seed}}/scores"),
     params:
         cfg=P["evaluate"],
-    threads: workflow.cores
+    threads: 1  # tiny CPU jobs run fastest single-threaded, side by side; raise for big models
     log:
         f"{R}/logs/evaluate/{{variant}}/seed{{seed}}.log",
     shell:

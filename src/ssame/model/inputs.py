@@ -31,13 +31,16 @@ class EncodedBatch:
 class InputBuilder:
     """Tokenise text with expanded image placeholders and preprocess the images of a batch."""
 
-    def __init__(self, tokenizer, image_processor, image_root: Path, max_text_tokens: int):
+    def __init__(self, tokenizer, image_processor, image_root: Path, max_text_tokens: int,
+                 cache_images: bool = False):
+        """`cache_images` keeps each image's preprocessed patches in memory (training revisits images)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_root = image_root
         self.max_text_tokens = max_text_tokens
         self.merge = image_processor.merge_size
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_images else None
 
     def _load(self, rel: str) -> Image.Image:
         path = self.image_root / rel
@@ -49,13 +52,27 @@ class InputBuilder:
         except OSError as err:
             raise ValueError(f"unreadable or corrupt image: {path}: {err}") from err
 
+    def _preprocess(self, paths: list[str]) -> dict[str, torch.Tensor]:
+        """`pixel_values` (patches of all images, concatenated) and `image_grid_thw`, from the cache if enabled."""
+        if self._cache is None:
+            return dict(self.image_processor(images=[self._load(p) for p in paths], return_tensors="pt"))
+        missing = [p for p in dict.fromkeys(paths) if p not in self._cache]
+        if missing:
+            out = self.image_processor(images=[self._load(p) for p in missing], return_tensors="pt")
+            sizes = out["image_grid_thw"].prod(-1).tolist()
+            for path, patches, grid in zip(missing, out["pixel_values"].split(sizes), out["image_grid_thw"],
+                                           strict=True):
+                self._cache[path] = (patches, grid)
+        return {"pixel_values": torch.cat([self._cache[p][0] for p in paths]),
+                "image_grid_thw": torch.stack([self._cache[p][1] for p in paths])}
+
     def __call__(self, texts: list[str], images: list[str], saliency_store=None) -> EncodedBatch:
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} image paths")
-        pil, image_rows = [], []
+        image_paths, image_rows = [], []
         for row, (text, image) in enumerate(zip(texts, images, strict=True)):
             if image:
-                pil.append(self._load(image))
+                image_paths.append(image)
                 image_rows.append(row)
             elif PLACEHOLDER in text:
                 raise ValueError(f"text has {PLACEHOLDER} but no image path: {text[:80]!r}")
@@ -63,8 +80,8 @@ class InputBuilder:
                 raise ValueError(f"input {row} of the batch has neither text nor image")
         grids: list[tuple[int, int]] = []
         vision: dict[str, torch.Tensor] = {}
-        if pil:
-            vision = dict(self.image_processor(images=pil, return_tensors="pt"))
+        if image_paths:
+            vision = self._preprocess(image_paths)
             grids = [(int(h) // self.merge, int(w) // self.merge) for _, h, w in vision["image_grid_thw"].tolist()]
         prompts, k = [], 0
         for text, image in zip(texts, images, strict=True):

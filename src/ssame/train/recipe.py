@@ -42,7 +42,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
     embedder = Embedder(backbone, variant)
     attn_weight = float(variant["attn_loss_weight"])
     store = SaliencyStore(paths.saliency) if embedder.uses_saliency or attn_weight > 0 else None
-    build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"])
+    build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"], cache_images=True)
     rows = training_rows(paths.data)
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg["batch_size"] % world:
