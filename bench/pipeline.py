@@ -7,6 +7,7 @@ Targets (step 1): wall <= 15 min on 2 cores / 24 GB, peak RSS <= 8 GB.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -28,9 +29,10 @@ def main() -> None:
         shutil.copy(REPO / "Snakefile", root)
         shutil.copytree(REPO / "workflow", root / "workflow")
         shutil.copytree(REPO / "params", root / "params")
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "snakemake", "--cores", args.cores, "--quiet", "all",
-                        "--config", f"params={args.params}"], cwd=root, check=True)
+                        "--config", f"params={args.params}"], cwd=root, env=env, check=True)
         wall = time.perf_counter() - start
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         print(f"pipeline wall: {wall:.1f} s ({wall / 60:.2f} min)")

@@ -16,9 +16,9 @@ from ssame.report.tables import SCORE_COLUMNS, SUMMARY_LABEL
 VARIANTS = ["baseline", "ssame"]
 SEEDS = [0, 1]
 DATASETS = {
-    "ShapeCls": ("classification", "ind"),
-    "ShapeVQA": ("vqa", "ood"),
-    "TextRet": ("retrieval", "ind"),
+    "ShapeCls": ("classification", "IND"),
+    "ShapeVQA": ("vqa", "OOD"),
+    "TextRet": ("retrieval", "IND"),
 }
 IMAGE_SIZE, MAP_SIZE = 24, 8
 
@@ -39,16 +39,16 @@ def _write_inputs(results: Path) -> None:
             path.write_text(json.dumps(record))
     data = results / "data"
     (data / "eval").mkdir(parents=True)
-    rows = [(name, task, split, 4, 2, 8) for name, (task, split) in DATASETS.items()]
+    rows = [(name, task, split, 4, 2, 8 if split == "IND" else 0) for name, (task, split) in DATASETS.items()]
     columns = ["dataset", "meta_task", "split", "num_candidates", "num_queries", "train_rows"]
     pd.DataFrame(rows, columns=columns).to_csv(data / "manifest.csv", index=False)
     shards = results / "saliency" / "shards"
     shards.mkdir(parents=True)
     for index, name in enumerate(DATASETS):
         has_images = name != "TextRet"
-        images = [f"{name}/q{i}.png" if has_images else None for i in range(2)]
+        images = [f"{name}/q{i}.png" if has_images else "" for i in range(2)]
         pd.DataFrame({"qry_text": ["q", "q"], "qry_img_path": images, "tgt_text": [["a"], ["b"]],
-                      "tgt_img_path": [[None], [None]]}).to_parquet(data / "eval" / f"{name}.parquet")
+                      "tgt_img_path": [[""], [""]]}).to_parquet(data / "eval" / f"{name}.parquet")
         if not has_images:
             continue
         for image in images:
@@ -58,6 +58,8 @@ def _write_inputs(results: Path) -> None:
                 Image.fromarray(pixels).save(data / root / image)
         maps = np.random.default_rng(index).random((len(images), MAP_SIZE, MAP_SIZE)).astype(np.float16)
         np.savez(shards / f"{name}.npz", paths=np.array(images), maps=maps)
+    shard_names = [name for name in DATASETS if name != "TextRet"]
+    (results / "saliency" / "manifest.json").write_text(json.dumps({"shards": shard_names}))
 
 
 @pytest.fixture

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
+
+from ssame.config import Paths
 
 from .hub import build_hub
 from .mini import build_mini
 from .tokenizer import build_tokenizer
 
 SOURCES = ("mini", "hub")
-
-
-def data_dir(params: dict) -> Path:
-    return Path(params["results_dir"]) / "data"
 
 
 def build(params: dict) -> None:
@@ -24,7 +21,7 @@ def build(params: dict) -> None:
         raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
     if source not in cfg:
         raise KeyError(f"data.{source} is missing")
-    out = data_dir(params)
+    out = Paths.from_params(params).data
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ssame.data.io import read_manifest
 from ssame.report.figures import metatask_bars, saliency_overlays
 from ssame.report.tables import (
     ablation_table,
     load_aggregates,
     main_table,
     per_dataset_table,
-    read_manifest,
     write_table,
 )
 
@@ -30,7 +30,7 @@ def build(params: dict) -> None:
     """Write every file in OUTPUT_FILES under `params["reports_dir"]`."""
     results, reports = Path(params["results_dir"]), Path(params["reports_dir"])
     variants, seeds = params["train"]["variants"], params["train"]["seeds"]
-    manifest = read_manifest(results)
+    manifest = read_manifest(results / "data")
     datasets = manifest["dataset"].tolist()
     scores, per_dataset = load_aggregates(results, variants, seeds, datasets)
     write_table(main_table(scores), reports / "tables" / "main")

@@ -10,9 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import seaborn as sns
 from PIL import Image
+
+from ssame.data.io import image_root, mask_path, read_eval
+from ssame.saliency.store import SaliencyStore
 
 DPI = 120
 BARS_FIGSIZE = (9.0, 4.0)
@@ -50,51 +52,33 @@ def metatask_bars(scores: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def sample_query_images(results_dir: Path, datasets: list[str], limit: int) -> list[tuple[str, str]]:
+def sample_query_images(data_dir: Path, datasets: list[str], limit: int) -> list[tuple[str, str]]:
     """(dataset, image path) for the first query image of each of the first `limit` datasets having one."""
     picks = []
     for dataset in datasets:
-        path = results_dir / "data" / "eval" / f"{dataset}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"missing eval split: {path}")
-        if "qry_img_path" not in pq.read_schema(path).names:
-            raise KeyError(f"{path}: missing column 'qry_img_path'")
-        images = pd.read_parquet(path, columns=["qry_img_path"])["qry_img_path"]
-        images = images[images.notna() & images.astype(str).ne("")]
-        if len(images):
-            picks.append((dataset, str(images.iloc[0])))
+        images = [image for image in read_eval(data_dir, dataset)["qry_img_path"] if image]
+        if images:
+            picks.append((dataset, images[0]))
         if len(picks) == limit:
             break
     return picks
 
 
-def load_saliency_map(shard: Path, image: str) -> np.ndarray:
-    """The (S, S) saliency map stored for `image` in an npz shard with arrays `paths` and `maps`."""
-    if not shard.is_file():
-        raise FileNotFoundError(f"missing saliency shard: {shard}")
-    with np.load(shard) as data:
-        missing = [key for key in ("paths", "maps") if key not in data.files]
-        if missing:
-            raise KeyError(f"{shard}: missing array(s) {missing}")
-        hits = np.flatnonzero(data["paths"] == image)
-        if not hits.size:
-            raise KeyError(f"{shard}: no saliency map for image {image!r}")
-        return data["maps"][hits[0]].astype(np.float32)
-
-
 def saliency_overlays(results_dir: Path, datasets: list[str], path: Path) -> None:
     """Grid of sample query images: image | saliency map | overlay | ground-truth mask (when one exists)."""
-    picks = sample_query_images(results_dir, datasets, OVERLAY_DATASETS)
+    data_dir = results_dir / "data"
+    picks = sample_query_images(data_dir, datasets, OVERLAY_DATASETS)
     if not picks:
-        raise ValueError(f"no dataset in {results_dir / 'data' / 'manifest.csv'} has query images")
-    masks = [(results_dir / "data" / "masks" / image).with_suffix(".png") for _, image in picks]
+        raise ValueError(f"no dataset in {data_dir / 'manifest.csv'} has query images")
+    store = SaliencyStore(results_dir / "saliency")
+    masks = [mask_path(data_dir, image) for _, image in picks]
     ncols = len(PANEL_TITLES) if any(mask.is_file() for mask in masks) else len(PANEL_TITLES) - 1
     fig, axes = plt.subplots(len(picks), ncols, figsize=(CELL_INCHES * ncols, CELL_INCHES * len(picks)),
                              squeeze=False)
     for row, (dataset, image), mask in zip(axes, picks, masks, strict=True):
-        rgb = np.asarray(Image.open(results_dir / "data" / "images" / image).convert("RGB"))
+        rgb = np.asarray(Image.open(image_root(data_dir) / image).convert("RGB"))
         extent = (0, rgb.shape[1], rgb.shape[0], 0)
-        saliency = load_saliency_map(results_dir / "saliency" / "shards" / f"{dataset}.npz", image)
+        saliency = store.map(image)
         row[0].imshow(rgb, extent=extent)
         row[1].imshow(saliency, cmap=SALIENCY_CMAP, vmin=0, vmax=1, extent=extent)
         row[2].imshow(rgb, extent=extent)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 
 SCORE_COLUMNS = ["overall", "classification", "vqa", "retrieval", "grounding", "ind", "ood"]
-MANIFEST_COLUMNS = ["dataset", "meta_task", "split"]
 SUMMARY_LABEL = "mean ± std"
 
 
@@ -18,18 +17,6 @@ def _fraction(value: object, path: Path, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{path}: key {key!r} must be a hit@1 fraction in [0, 1], got {value!r}")
     return float(value)
-
-
-def read_manifest(results_dir: str | Path) -> pd.DataFrame:
-    """Read `<results>/data/manifest.csv`, checking the columns the report needs."""
-    path = Path(results_dir) / "data" / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"missing data manifest: {path}")
-    manifest = pd.read_csv(path)
-    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
-    if missing:
-        raise KeyError(f"{path}: missing column(s) {missing}")
-    return manifest
 
 
 def load_aggregates(
@@ -90,7 +77,7 @@ def ablation_table(scores: pd.DataFrame) -> pd.DataFrame:
 def per_dataset_table(per_dataset: pd.DataFrame, manifest: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     """Dataset, meta_task, split, then one column per variant: 100 × mean over seeds, rounded to 1 decimal."""
     means = per_dataset.groupby(["dataset", "variant"])["score"].mean().mul(100).round(1).unstack("variant")
-    return manifest[MANIFEST_COLUMNS].merge(means[variants].reset_index(), on="dataset", how="left")
+    return manifest[["dataset", "meta_task", "split"]].merge(means[variants].reset_index(), on="dataset", how="left")
 
 
 def write_table(table: pd.DataFrame, stem: Path) -> None:

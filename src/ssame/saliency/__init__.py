@@ -41,11 +41,13 @@ def build(params: dict[str, Any]) -> None:
     summary: dict[str, dict[str, int]] = {}
     for row in read_manifest(paths.data).itertuples():
         maps: dict = {}
+        seen: set[tuple[str, str]] = set()
         with open(shard_dir / f"{row.dataset}.subjects.jsonl", "w") as out:
             for text, image in tqdm(_pairs(paths.data, row), desc=f"saliency {row.dataset}", unit="pair"):
                 if image and image not in maps:
                     maps[image] = saliency_map(read_image(root / image), cfg["expert"], cfg["map_size"])
-                if text.strip():
+                if text.strip() and (text, image) not in seen:
+                    seen.add((text, image))
                     out.write(json.dumps({"text": text, "image_path": image, "subjects": subjects(text)}) + "\n")
         if maps:
             write_shard(shard_dir / f"{row.dataset}.npz", maps)
