@@ -100,3 +100,9 @@ def test_rerun_from_scratch_is_identical(project, first_run):
     _snakemake(project)
     assert _scores(project) == first_run
     assert (project / "reports" / "tables" / "main.csv").read_text() == first_tables
+
+
+def test_snakemake_report_with_captions(project, first_run):
+    _snakemake(project, "--report", "report.html")
+    html = (project / "report.html").read_text(errors="replace")
+    assert "unweighted mean over datasets" in html
