@@ -85,6 +85,9 @@ def test_mlflow_runs_logged(project, first_run):
     assert sorted(runs["tags.mlflow.runName"]) == sorted(
         f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in ["baseline", "ssame"])
     assert runs["metrics.overall"].dropna().between(0, 1).all()
+    for run_id in runs["run_id"]:
+        assert mlflow.artifacts.list_artifacts(run_id=run_id), f"run {run_id} logged no artifact"
+    assert str(project) in runs["artifact_uri"].iloc[0]  # artifacts stay inside the project
 
 
 def test_dvc_sees_snakemake_outputs_as_up_to_date(project, first_run):

@@ -48,6 +48,7 @@ def metatask_bars(scores: pd.DataFrame, path: Path) -> None:
     sns.barplot(data=long, x="metric", y="value", hue="variant", order=list(METRIC_LABELS.values()),
                 errorbar="sd", capsize=0.1, ax=ax)
     ax.set(xlabel="", ylabel="MMEB hit@1 (%)", title="Mean ± sd over seeds")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="variant")
     fig.tight_layout()
     _save(fig, path)
 

@@ -15,6 +15,7 @@ from ssame.config import Paths
 from ssame.data.io import image_root
 from ssame.losses import gather_with_grad, info_nce, saliency_attention_kl
 from ssame.model import Embedder, InputBuilder, load_backbone
+from ssame.model.embedder import CONFIG_FILE
 from ssame.saliency import SaliencyStore
 from ssame.tracking import mlflow_run
 from ssame.train.batches import batch_indices, training_rows
@@ -93,4 +94,6 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             model_dir = paths.model(variant_name, seed)
             accelerator.unwrap_model(embedder).save(model_dir, tokenizer, image_processor)
             paths.train_metrics(variant_name, seed).write_text(json.dumps(metrics, indent=2) + "\n")
+            mlflow.log_artifact(str(paths.train_metrics(variant_name, seed)))
+            mlflow.log_artifact(str(model_dir / CONFIG_FILE))
     return metrics
