@@ -11,7 +11,7 @@ IMAGES = ["img0.png", "", "img1.png"]
 
 
 class FakeStore:
-    def map(self, image_path, grid):
+    def map(self, image_path, grid, text=None):
         sal = np.zeros(grid, dtype=np.float32)
         sal[0, :] = 1.0
         return sal

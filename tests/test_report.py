@@ -12,6 +12,7 @@ from PIL import Image
 
 from ssame.report import OUTPUT_FILES, build
 from ssame.report.tables import SCORE_COLUMNS, SUMMARY_LABEL
+from ssame.saliency.store import write_shard
 
 VARIANTS = ["baseline", "ssame"]
 SEEDS = [0, 1]
@@ -57,7 +58,7 @@ def _write_inputs(results: Path) -> None:
                 pixels = np.random.default_rng(index).integers(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
                 Image.fromarray(pixels).save(data / root / image)
         maps = np.random.default_rng(index).random((len(images), MAP_SIZE, MAP_SIZE)).astype(np.float16)
-        np.savez(shards / f"{name}.npz", paths=np.array(images), maps=maps)
+        write_shard(shards / f"{name}.npz", dict(zip(images, maps, strict=True)), {})
     shard_names = [name for name in DATASETS if name != "TextRet"]
     (results / "saliency" / "manifest.json").write_text(json.dumps({"shards": shard_names}))
 

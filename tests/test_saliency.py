@@ -3,18 +3,78 @@ import json
 import numpy as np
 import pytest
 
-from ssame.saliency.experts import EXPERTS, read_image, saliency_map
+from ssame.saliency.colour import ColourTerms
+from ssame.saliency.experts import EXPERTS, build_expert, normalise, read_image
+from ssame.saliency.fusion import Fusion, fuse
+from ssame.saliency.quality import auc, iou_top, pointing
 from ssame.saliency.store import SaliencyStore, write_shard
 from ssame.saliency.subjects import LexiconSubjects
 
+SQUARE = (slice(16, 32), slice(24, 40))  # where conftest's image_dir draws the red square in img0.png
 
-@pytest.mark.parametrize("expert", sorted(EXPERTS))
-def test_expert_maps_normalised_and_find_the_object(expert, image_dir):
-    sal = saliency_map(read_image(image_dir / "img0.png"), expert, 32)
-    assert sal.shape == (32, 32) and sal.dtype == np.float32
+
+def _mask() -> np.ndarray:
+    mask = np.zeros((96, 96), dtype=bool)
+    mask[SQUARE] = True
+    return mask
+
+
+@pytest.mark.parametrize(("name", "min_auc"), [("spectral_residual", 0.55), ("fine_grained", 0.7)])
+def test_bottom_up_experts_find_the_object(name, min_auc, image_dir):
+    (sal,) = build_expert(name)([read_image(image_dir / "img0.png")], [[]])
+    assert sal.shape == (96, 96) and sal.dtype == np.float32
     assert sal.min() == 0.0 and sal.max() == 1.0
-    inside = sal[3:12, 6:12].mean()  # the red square covers rows 16-32, cols 24-40 of 96
-    assert inside > 2 * sal[16:, 16:].mean()
+    assert auc(sal, _mask()) > min_auc
+
+
+def test_registry_names_unknown_expert():
+    assert {"spectral_residual", "fine_grained", "colour_terms", "center_bias", "uniform"} <= set(EXPERTS)
+    with pytest.raises(KeyError, match="nope"):
+        build_expert("nope")
+
+
+def test_colour_terms_follow_the_phrase(image_dir):
+    image = read_image(image_dir / "img0.png")
+    expert = ColourTerms()
+    red, blue, none = expert([image] * 3, [["red square"], ["blue square"], ["square"]])
+    assert auc(red, _mask()) > 0.99
+    assert red[SQUARE].mean() > 0.6 > 0.1 > red[60:, 60:].mean()
+    assert blue[SQUARE].mean() < 0.1
+    assert not none.any()
+
+
+def test_fusion_falls_back_to_bottom_up_and_checks_experts(image_dir):
+    bottom = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    assert fuse(bottom, None, 0.1) is bottom
+    assert fuse(bottom, np.zeros((8, 8)), 0.1) is bottom
+    relevance = np.zeros((8, 8), dtype=np.float32)
+    relevance[2:4, 2:4] = 1.0
+    fused = fuse(bottom, relevance, 0.1)
+    assert fused.max() == 1.0 and not fused[relevance == 0].any()
+    with pytest.raises(ValueError, match="not phrase-conditioned"):
+        Fusion(build_expert("fine_grained"), [build_expert("uniform")], 0.1)
+    fusion = Fusion(build_expert("fine_grained"), [ColourTerms()], 0.1)
+    image = read_image(image_dir / "img0.png")
+    with_phrase, without = fusion([image, image], [["red square"], []])
+    assert auc(with_phrase, _mask()) > 0.99
+    np.testing.assert_array_equal(without, build_expert("fine_grained")([image], [[]])[0])
+
+
+def test_quality_metrics_on_known_maps():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[:2] = True  # the top 20 %
+    perfect = mask.astype(np.float32)
+    assert auc(perfect, mask) == 1.0 and auc(1 - perfect, mask) == 0.0
+    assert auc(np.ones((10, 10)), mask) == 0.5
+    assert iou_top(perfect, mask, 0.2) == 1.0 and iou_top(perfect, mask, 0.1) == 0.5
+    assert pointing(perfect, mask) == 1.0 and pointing(1 - perfect, mask) == 0.0
+    assert auc(np.kron(perfect, np.ones((2, 2))), np.kron(mask, np.ones((2, 2), dtype=bool))) == 1.0
+    with pytest.raises(ValueError, match="both subject and background"):
+        auc(perfect, np.ones((10, 10), dtype=bool))
+
+
+def test_normalise_constant_map_is_uniform():
+    assert (normalise(np.full((3, 3), 7.0)) == 1.0).all()
 
 
 def test_unreadable_image_is_named(tmp_path):
@@ -37,16 +97,19 @@ def test_lexicon_subjects(tmp_path):
         LexiconSubjects(tmp_path / "none.json")
 
 
-def test_store_roundtrip_and_grid_resize(tmp_path):
+def test_store_pairs_override_image_maps_and_resize(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
-    sal = np.zeros((8, 8), dtype=np.float32)
-    sal[:4, :4] = 1.0
-    write_shard(shards / "A.npz", {"x/a.png": sal})
+    image_map = np.zeros((8, 8), dtype=np.float32)
+    image_map[:4, :4] = 1.0
+    pair_map = 1.0 - image_map
+    write_shard(shards / "A.npz", {"x/a.png": image_map}, {("the red circle", "x/a.png"): pair_map})
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["A"]}))
     store = SaliencyStore(tmp_path)
     assert "x/a.png" in store
-    np.testing.assert_array_equal(store.map("x/a.png"), sal)
+    np.testing.assert_array_equal(store.map("x/a.png"), image_map)
+    np.testing.assert_array_equal(store.map("x/a.png", text="other text"), image_map)
+    np.testing.assert_array_equal(store.map("x/a.png", text="the red circle"), pair_map)
     np.testing.assert_allclose(store.map("x/a.png", (2, 2)), [[1, 0], [0, 0]])
     with pytest.raises(KeyError, match=r"nope\.png"):
         store.map("nope.png")

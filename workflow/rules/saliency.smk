@@ -1,9 +1,11 @@
+# Shards (results/saliency/shards/) are a per-dataset cache the stage reuses when a dataset's files and the
+# saliency params are unchanged, so they are not declared outputs (Snakemake would delete them before the job).
 rule saliency:
     input:
         rules.data.output.manifest,
     output:
         manifest=f"{R}/saliency/manifest.json",
-        shards=directory(f"{R}/saliency/shards"),
+        quality=f"{R}/saliency/quality.csv",
     params:
         cfg=P["saliency"],
     log:

@@ -65,7 +65,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Paths:
-        return cls(Path(params["results_dir"]), Path(params["reports_dir"]))
+        # validated params always carry reports_dir; stages that only write results may be given less
+        return cls(Path(params["results_dir"]), Path(params.get("reports_dir", "reports")))
 
     @property
     def data(self) -> Path:

@@ -98,5 +98,5 @@ class InputBuilder:
                   "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int(), **vision}
         saliency = None
         if saliency_store is not None:
-            saliency = [saliency_store.map(images[r], grids[i]) for i, r in enumerate(image_rows)]
+            saliency = [saliency_store.map(images[r], grids[i], texts[r]) for i, r in enumerate(image_rows)]
         return EncodedBatch(inputs, grids, image_rows, saliency)

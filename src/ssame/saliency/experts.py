@@ -1,47 +1,115 @@
-"""Weight-free bottom-up saliency experts (OpenCV contrib `saliency` module)."""
+"""Visual experts behind one interface and a registry; `saliency.experts` in params picks them by name.
+
+An expert maps a batch of RGB uint8 images and the subject phrases of each image's text to one float32 map per
+image, at the image's resolution, in [0, 1]. Bottom-up experts ignore the phrases; phrase-conditioned experts return
+an all-zero map for an image without phrases (fusion then falls back to bottom-up saliency). A new expert is one
+class registered with `@register`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 
-Expert = Callable[[np.ndarray], np.ndarray]
+EXPERTS: dict[str, type[Expert]] = {}
 
 
-def _opencv_expert(factory: Callable[[], object]) -> Expert:
-    def compute(image_bgr: np.ndarray) -> np.ndarray:
-        ok, sal = factory().computeSaliency(image_bgr)
+def register(cls: type[Expert]) -> type[Expert]:
+    EXPERTS[cls.name] = cls
+    return cls
+
+
+def build_expert(name: str, **kwargs: Any) -> Expert:
+    if name not in EXPERTS:
+        raise KeyError(f"unknown saliency expert '{name}'; registered: {sorted(EXPERTS)}")
+    return EXPERTS[name](**kwargs)
+
+
+def normalise(sal: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (float32); a constant map becomes all ones (no information, no preference)."""
+    sal = np.asarray(sal, dtype=np.float32)
+    lo, hi = float(sal.min()), float(sal.max())
+    if hi - lo < 1e-8:
+        return np.ones_like(sal)
+    return (sal - lo) / (hi - lo)
+
+
+class Expert:
+    """Base class: `__call__(images, phrases) -> maps`, one (H, W) float32 map in [0, 1] per image."""
+
+    name: ClassVar[str]
+    phrase_conditioned: ClassVar[bool] = False
+
+    def __call__(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[np.ndarray]:
+        if len(images) != len(phrases):
+            raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
+        return [self.one(image, words) for image, words in zip(images, phrases, strict=True)]
+
+    def one(self, image: np.ndarray, phrases: list[str]) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement one() or __call__()")
+
+
+class _OpenCVExpert(Expert):
+    factory: ClassVar[Callable[[], Any]]
+
+    def one(self, image: np.ndarray, phrases: list[str]) -> np.ndarray:
+        ok, sal = self.factory().computeSaliency(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:
-            raise RuntimeError("OpenCV saliency computation failed")
-        return np.asarray(sal, dtype=np.float32)
-
-    return compute
+            raise RuntimeError(f"OpenCV {self.name} saliency failed on an image of shape {image.shape}")
+        return normalise(sal)
 
 
-EXPERTS: dict[str, Expert] = {
-    "spectral_residual": _opencv_expert(cv2.saliency.StaticSaliencySpectralResidual_create),
-    "fine_grained": _opencv_expert(cv2.saliency.StaticSaliencyFineGrained_create),
-}
+@register
+class SpectralResidual(_OpenCVExpert):
+    """Hou & Zhang's spectral residual (OpenCV contrib), bottom-up."""
+
+    name = "spectral_residual"
+    factory = staticmethod(cv2.saliency.StaticSaliencySpectralResidual_create)
+
+
+@register
+class FineGrained(_OpenCVExpert):
+    """Montabone & Soto's fine-grained center-surround saliency (OpenCV contrib), bottom-up."""
+
+    name = "fine_grained"
+    factory = staticmethod(cv2.saliency.StaticSaliencyFineGrained_create)
+
+
+@register
+class CenterBias(Expert):
+    """Isotropic Gaussian at the image centre (sigma = `sigma` x the shorter side): the classic baseline."""
+
+    name = "center_bias"
+
+    def __init__(self, sigma: float = 0.25):
+        self.sigma = sigma
+
+    def one(self, image: np.ndarray, phrases: list[str]) -> np.ndarray:
+        h, w = image.shape[:2]
+        ys, xs = (np.arange(h) - (h - 1) / 2)[:, None], (np.arange(w) - (w - 1) / 2)[None, :]
+        s = self.sigma * min(h, w)
+        return np.exp(-(ys**2 + xs**2) / (2 * s**2)).astype(np.float32)
+
+
+@register
+class Uniform(Expert):
+    """The same value everywhere: the chance baseline."""
+
+    name = "uniform"
+
+    def one(self, image: np.ndarray, phrases: list[str]) -> np.ndarray:
+        return np.ones(image.shape[:2], dtype=np.float32)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 image; a clear error for a missing or unreadable file."""
+    """RGB uint8 image; a clear error for a missing or unreadable file."""
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"unreadable or corrupt image: {path}")
-    return image
-
-
-def saliency_map(image_bgr: np.ndarray, expert: str, size: int) -> np.ndarray:
-    """Saliency of one image resized to size x size and min-max normalised to [0, 1] (float32)."""
-    sal = EXPERTS[expert](image_bgr)
-    sal = cv2.resize(sal, (size, size), interpolation=cv2.INTER_AREA)
-    lo, hi = float(sal.min()), float(sal.max())
-    if hi - lo < 1e-8:
-        return np.full((size, size), 1.0, dtype=np.float32)
-    return ((sal - lo) / (hi - lo)).astype(np.float32)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -1,7 +1,12 @@
-"""Saliency storage: one `.npz` shard per dataset (`paths`, `maps`) plus `manifest.json`.
+"""Saliency storage and its one loader.
 
-Shard arrays: `paths` (N,) str, image paths relative to the data stage's image root; `maps` (N, S, S) float16 in
-[0, 1], S = params saliency.map_size. Subject phrases sit beside as `<dataset>.subjects.jsonl`.
+`<results>/saliency/shards/<dataset>.npz` holds
+- `images` (N,) str and `maps` (N, S, S) float16: the bottom-up map of every image of the dataset;
+- `pair_texts`, `pair_images` (M,) str and `pair_maps` (M, S, S) float16: the fused map of every (text, image)
+  pair whose text names a subject.
+S = params `saliency.map_size`, values in [0, 1], image paths relative to the data stage's image root.
+`<dataset>.subjects.jsonl` beside it lists every pair's subject phrases; `manifest.json` indexes the shards.
+`SaliencyStore` resizes a map to the backbone's merged visual-token grid on demand, the form training consumes.
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import cv2
 import numpy as np
 
 
-def write_shard(path: Path, maps: dict[str, np.ndarray]) -> None:
-    keys = sorted(maps)
-    stacked = np.stack([maps[k] for k in keys]).astype(np.float16)
-    np.savez_compressed(path, paths=np.array(keys), maps=stacked)
+def write_shard(path: Path, maps: dict[str, np.ndarray], pair_maps: dict[tuple[str, str], np.ndarray]) -> None:
+    images = sorted(maps)
+    pairs = sorted(pair_maps)
+    size = next(iter(maps.values())).shape if maps else (0, 0)
+    np.savez_compressed(
+        path, images=np.array(images, dtype=str), maps=np.stack([maps[k] for k in images]).astype(np.float16),
+        pair_texts=np.array([t for t, _ in pairs], dtype=str), pair_images=np.array([i for _, i in pairs], dtype=str),
+        pair_maps=(np.stack([pair_maps[k] for k in pairs]) if pairs else np.zeros((0, *size))).astype(np.float16))
 
 
 class SaliencyStore:
-    """Read-only access to the saliency stage's maps, keyed by image path, resized on demand."""
+    """Read-only access to the saliency stage's maps, by image path and, where one exists, by (text, image) pair."""
 
     def __init__(self, saliency_dir: Path):
         manifest_path = saliency_dir / "manifest.json"
@@ -28,18 +37,28 @@ class SaliencyStore:
             raise FileNotFoundError(f"saliency manifest not found: {manifest_path} (run `ssame saliency`)")
         self.manifest = json.loads(manifest_path.read_text())
         self._maps: dict[str, np.ndarray] = {}
+        self._pairs: dict[tuple[str, str], np.ndarray] = {}
         for shard in self.manifest["shards"]:
-            with np.load(saliency_dir / "shards" / f"{shard}.npz") as npz:
-                self._maps.update(zip(npz["paths"].tolist(), npz["maps"], strict=True))
+            path = saliency_dir / "shards" / f"{shard}.npz"
+            if not path.is_file():
+                raise FileNotFoundError(f"saliency shard listed in {manifest_path} is missing: {path}")
+            with np.load(path) as npz:
+                self._maps.update(zip(npz["images"].tolist(), npz["maps"], strict=True))
+                keys = zip(npz["pair_texts"].tolist(), npz["pair_images"].tolist(), strict=True)
+                self._pairs.update(zip(keys, npz["pair_maps"], strict=True))
 
     def __contains__(self, image_path: str) -> bool:
         return image_path in self._maps
 
-    def map(self, image_path: str, grid: tuple[int, int] | None = None) -> np.ndarray:
-        """The map of an image (float32), optionally area-resized to a (rows, cols) token grid and renormalised."""
-        if image_path not in self._maps:
-            raise KeyError(f"no saliency map for image '{image_path}' in the saliency stage's shards")
-        sal = self._maps[image_path].astype(np.float32)
+    def map(self, image_path: str, grid: tuple[int, int] | None = None, text: str | None = None) -> np.ndarray:
+        """The pair's fused map if `text` names a subject, else the image's bottom-up map (float32), optionally
+        area-resized to a (rows, cols) token grid."""
+        sal = self._pairs.get((text, image_path)) if text is not None else None
+        if sal is None:
+            if image_path not in self._maps:
+                raise KeyError(f"no saliency map for image '{image_path}' in the saliency stage's shards")
+            sal = self._maps[image_path]
+        sal = sal.astype(np.float32)
         if grid is not None:
             sal = cv2.resize(sal, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
         return sal

@@ -37,3 +37,26 @@ class LexiconSubjects:
                 phrases.append(" ".join(run))
             run = []
         return phrases
+
+
+class _PerText:
+    """Batch adapter: texts -> phrase lists, for a backend that reads one text at a time."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self, texts: list[str]) -> list[list[str]]:
+        return [self.backend(text) for text in texts]
+
+
+def build_subjects(cfg: dict, data_dir: Path):
+    """The subject backend of params `saliency.subjects`: a callable texts -> phrase lists."""
+    if cfg["backend"] == "lexicon":
+        return _PerText(LexiconSubjects(data_dir / "lexicon.json"))
+    if cfg["backend"] == "lmm":
+        from ssame.saliency.lmm_subjects import LMMSubjects
+
+        model = LMMSubjects(cfg["model"], max_new_tokens=cfg.get("max_new_tokens", 24),
+                            batch_size=cfg.get("batch_size", 8))
+        return lambda texts: model([(text, None) for text in texts])
+    raise ValueError(f"unknown saliency.subjects.backend '{cfg['backend']}' (lexicon | lmm)")
