@@ -61,6 +61,12 @@ def _write_inputs(results: Path) -> None:
         write_shard(shards / f"{name}.npz", dict(zip(images, maps, strict=True)), {})
     shard_names = [name for name in DATASETS if name != "TextRet"]
     (results / "saliency" / "manifest.json").write_text(json.dumps({"shards": shard_names}))
+    pd.DataFrame({"method": ["fusion", "fusion", "uniform"], "dataset": ["ShapeCls", "ShapeVQA", "ShapeCls"],
+                  "n": [3, 2, 3], "auc": [0.9, 0.7, 0.5], "iou_top10": [0.4, 0.2, 0.0],
+                  "pointing": [1.0, 0.5, 0.0]}).to_csv(results / "saliency" / "quality.csv", index=False)
+    sample = f"{shard_names[0]}/q0.png"
+    np.savez(results / "saliency" / "quality_samples.npz", images=np.array([sample]), texts=np.array(["the q"]),
+             methods=np.array(["uniform", "fusion"]), maps=np.ones((2, 1, MAP_SIZE, MAP_SIZE), dtype=np.float16))
 
 
 @pytest.fixture
@@ -126,3 +132,16 @@ def test_single_seed_std_is_zero(params: dict) -> None:
     ablation = pd.read_csv(Path(params["reports_dir"]) / "tables" / "ablation.csv", dtype=str)
     summary = ablation[ablation["seed"] == SUMMARY_LABEL]
     assert summary["overall"].str.endswith(" ± 0.0").all()
+
+
+def test_saliency_quality_table_and_method_figures(params: dict) -> None:
+    build(params)
+    reports = Path(params["reports_dir"])
+    table = pd.read_csv(reports / "tables" / "saliency_quality.csv")
+    assert table["method"].tolist() == ["fusion", "uniform"]  # sorted by AUC
+    fusion = table.iloc[0]
+    assert fusion["auc"] == pytest.approx(0.8) and fusion["pairs"] == 5 and fusion["datasets"] == 2
+    for method in ["uniform", "fusion"]:
+        with Image.open(reports / "figures" / f"saliency_{method}.png") as image:
+            assert image.size[0] > 0
+

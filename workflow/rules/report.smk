@@ -2,6 +2,7 @@ rule report:
     input:
         aggregates=expand(f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json", variant=VARIANTS, seed=SEEDS),
         saliency=rules.saliency.output.manifest,
+        quality=rules.saliency.output.quality,
     output:
         main=report(f"{REPORTS}/tables/main.csv", caption="../report/main_table.rst", category="Tables"),
         main_md=f"{REPORTS}/tables/main.md",
@@ -14,6 +15,11 @@ rule report:
                     category="Figures"),
         overlays=report(f"{REPORTS}/figures/saliency_overlays.png", caption="../report/saliency_overlays.rst",
                         category="Figures"),
+        saliency_quality=report(f"{REPORTS}/tables/saliency_quality.csv", caption="../report/saliency_quality.rst",
+                                category="Saliency"),
+        saliency_quality_md=f"{REPORTS}/tables/saliency_quality.md",
+        saliency_methods=[report(f"{REPORTS}/figures/saliency_{m}.png", caption="../report/saliency_method.rst",
+                                 category="Saliency") for m in [*P["saliency"]["quality"]["experts"], "fusion"]],
     log:
         f"{R}/logs/report.log",
     shell:

@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from ssame.config import Paths
 from ssame.data.io import eval_path, image_root, read_eval, read_manifest, read_train, train_path
-from ssame.saliency import colour  # noqa: F401  (registers the colour_terms expert)
 from ssame.saliency.experts import build_expert, read_image
 from ssame.saliency.fusion import Fusion
 from ssame.saliency.quality_report import score_experts
@@ -121,7 +120,7 @@ def build(params: dict[str, Any]) -> None:
         counts = _shard(row.dataset, _pairs(paths.data, row.dataset, row.train_rows > 0), subjects, fusion, load,
                         cfg["map_size"], out)
         summary[row.dataset] = {**counts, "skipped": load.skipped, "fingerprint": fingerprint}
-    quality = score_experts(params, paths.data, fusion, subjects, args)
+    quality = score_experts(params, paths.data, fusion, subjects, args, paths.saliency / "quality_samples.npz")
     quality.to_csv(paths.saliency / "quality.csv", index=False)
     manifest = {"bottom_up": cfg["bottom_up"], "relevance": cfg["relevance"], "map_size": cfg["map_size"],
                 "shards": list(summary), "datasets": summary,

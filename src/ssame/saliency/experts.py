@@ -8,6 +8,7 @@ class registered with `@register`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,10 +24,24 @@ def register(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
+# Experts living in modules with heavy imports register when first asked for.
+_PLUGINS = {"colour_terms": "ssame.saliency.colour", "owlv2": "ssame.saliency.detectors",
+            "grounding_dino": "ssame.saliency.detectors"}
+
+
 def build_expert(name: str, **kwargs: Any) -> Expert:
+    """An expert by registry name; a detector given `sam=<model>` has its boxes refined into SAM masks."""
+    if name not in EXPERTS and name in _PLUGINS:
+        importlib.import_module(_PLUGINS[name])
     if name not in EXPERTS:
-        raise KeyError(f"unknown saliency expert '{name}'; registered: {sorted(EXPERTS)}")
-    return EXPERTS[name](**kwargs)
+        raise KeyError(f"unknown saliency expert '{name}'; registered: {sorted({*EXPERTS, *_PLUGINS})}")
+    sam = kwargs.pop("sam", None)
+    expert = EXPERTS[name](**kwargs)
+    if sam is None:
+        return expert
+    from ssame.saliency.detectors import Refined, SamRefiner
+
+    return Refined(expert, SamRefiner(sam))
 
 
 def normalise(sal: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -15,42 +16,57 @@ from ssame.saliency.fusion import Fusion
 from ssame.saliency.quality import auc, iou_top, pointing
 
 TOP_FRACTION = 0.10
+FIGURE_SAMPLES = 4
+COLUMNS = ["method", "dataset", "n", "auc", "iou_top10", "pointing"]
 
 
-def _samples(data_dir: Path, per_dataset: int) -> list[tuple[str, str, str, np.ndarray]]:
-    """(dataset, query text, image path, mask) for the first query images of each dataset that have a mask."""
-    samples = []
+def _mask(data_dir: Path, image: str) -> np.ndarray | None:
+    path = mask_path(data_dir, image)
+    if not path.is_file():
+        return None
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    return mask if mask.any() and not mask.all() else None
+
+
+def _samples(data_dir: Path, per_dataset: int) -> tuple[list[tuple], list[tuple]]:
+    """(scored, shown): up to `per_dataset` query pairs with a mask per dataset, and the first query pair of up to
+    FIGURE_SAMPLES datasets (mask or not); each item is (dataset, text, image path, mask or None)."""
+    scored, shown = [], []
     for dataset in read_manifest(data_dir)["dataset"]:
         frame = read_eval(data_dir, dataset)
-        taken = 0
-        for text, image in dict.fromkeys(zip(frame["qry_text"], frame["qry_img_path"], strict=True)):
-            if taken == per_dataset:
-                break
-            path = mask_path(data_dir, image) if image else None
-            if path is None or not path.is_file():
-                continue
-            mask = np.asarray(Image.open(path).convert("L")) > 127
-            if mask.any() and not mask.all():
-                samples.append((dataset, text, image, mask))
-                taken += 1
-    return samples
+        pairs = [(t, i) for t, i in dict.fromkeys(zip(frame["qry_text"], frame["qry_img_path"], strict=True)) if i]
+        if pairs and len(shown) < FIGURE_SAMPLES:
+            shown.append((dataset, *pairs[0], _mask(data_dir, pairs[0][1])))
+        with_mask = ((dataset, t, i, m) for t, i in pairs if (m := _mask(data_dir, i)) is not None)
+        scored += [s for _, s in zip(range(per_dataset), with_mask, strict=False)]
+    return scored, shown
 
 
-def score_experts(params: dict[str, Any], data_dir: Path, fusion: Fusion, subjects, args: dict) -> pd.DataFrame:
-    """Mean AUC, IoU of the top 10 % and pointing game per (method, dataset); empty when no masks exist."""
-    cfg = params["saliency"]["quality"]
-    samples = _samples(data_dir, cfg["samples_per_dataset"])
-    columns = ["method", "dataset", "n", "auc", "iou_top10", "pointing"]
-    if not samples:
-        return pd.DataFrame(columns=columns)
+def score_experts(params: dict[str, Any], data_dir: Path, fusion: Fusion, subjects, args: dict,
+                  figure_path: Path) -> pd.DataFrame:
+    """Mean AUC, IoU of the top 10 % and pointing game per (method, dataset); empty when no masks exist.
+
+    Also writes `figure_path` (npz: `images`, `texts`, `methods`, `maps` (methods, samples, S, S)): every method's
+    map for the first query image of up to FIGURE_SAMPLES datasets, which the report stage draws.
+    """
+    cfg = params["saliency"]
+    scored, shown = _samples(data_dir, cfg["quality"]["samples_per_dataset"])
+    samples = scored + shown
     images = [read_image(image_root(data_dir) / s[2]) for s in samples]
-    phrases = subjects([s[1] for s in samples])
-    methods = {name: build_expert(name, **args.get(name, {})) for name in cfg["experts"]}
-    maps = {name: expert(images, phrases) for name, expert in methods.items()}
+    phrases = subjects([s[1] for s in samples]) if samples else []
+    experts = {name: build_expert(name, **args.get(name, {})) for name in cfg["quality"]["experts"]}
+    maps = {name: expert(images, phrases) for name, expert in experts.items()}
     maps["fusion"] = fusion(images, phrases)
+    size = cfg["map_size"]
+    np.savez_compressed(
+        figure_path, images=np.array([s[2] for s in shown], dtype=str),
+        texts=np.array([s[1] for s in shown], dtype=str), methods=np.array(list(maps), dtype=str),
+        maps=np.array([[cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) for m in method[len(scored):]]
+                       for method in maps.values()], dtype=np.float16).reshape(len(maps), len(shown), size, size))
     rows = [{"method": name, "dataset": s[0], "auc": auc(m, s[3]), "iou_top10": iou_top(m, s[3], TOP_FRACTION),
-             "pointing": pointing(m, s[3])} for name, method_maps in maps.items()
-            for s, m in zip(samples, method_maps, strict=True)]
-    frame = pd.DataFrame(rows)
-    grouped = frame.groupby(["method", "dataset"], sort=False)
-    return grouped.mean().join(grouped.size().rename("n")).reset_index()[columns]
+             "pointing": pointing(m, s[3])}
+            for name, method in maps.items() for s, m in zip(scored, method, strict=False)]
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    grouped = pd.DataFrame(rows).groupby(["method", "dataset"], sort=False)
+    return grouped.mean().join(grouped.size().rename("n")).reset_index()[COLUMNS]

@@ -56,7 +56,11 @@ def build_subjects(cfg: dict, data_dir: Path):
     if cfg["backend"] == "lmm":
         from ssame.saliency.lmm_subjects import LMMSubjects
 
+        if "model" not in cfg:
+            raise KeyError("saliency.subjects.backend 'lmm' needs saliency.subjects.model")
         model = LMMSubjects(cfg["model"], max_new_tokens=cfg.get("max_new_tokens", 24),
-                            batch_size=cfg.get("batch_size", 8))
+                            batch_size=cfg.get("batch_size", 8), device=cfg.get("device", "cpu"),
+                            dtype=cfg.get("dtype", "float32"))
+        # Phrases are read from the text alone: one call per unique text, reused for every image it pairs with.
         return lambda texts: model([(text, None) for text in texts])
     raise ValueError(f"unknown saliency.subjects.backend '{cfg['backend']}' (lexicon | lmm)")
