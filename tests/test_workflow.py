@@ -21,6 +21,7 @@ def _small(params: dict) -> dict:
     params["data"]["mini"].update(train_rows_per_dataset=24, eval_queries_per_dataset=12)
     params["data"]["tokenizer"]["vocab_size"] = 320
     params["train"].update(seeds=[0], steps=12, batch_size=8, warmup_steps=2)
+    params["saliency"]["quality"]["samples_per_dataset"] = 6
     return params
 
 
@@ -67,9 +68,11 @@ def test_tables_exist_with_scores_in_range(project, first_run):
     assert sorted(main["method"]) == ["baseline", "ssame"]
     assert main[SCORES].notna().all().all()
     assert ((main[SCORES] >= 0) & (main[SCORES] <= 100)).all().all()
-    for name in ["ablation.csv", "ablation.md", "main.md", "per_dataset.csv"]:
+    for name in ["ablation.csv", "ablation.md", "main.md", "per_dataset.csv", "saliency_quality.md"]:
         assert (project / "reports" / "tables" / name).stat().st_size > 0
-    for name in ["metatask_bars.png", "saliency_overlays.png"]:
+    quality = pd.read_csv(project / "reports" / "tables" / "saliency_quality.csv").set_index("method")
+    assert quality.loc["fusion", "auc"] > quality.loc["center_bias", "auc"]
+    for name in ["metatask_bars.png", "saliency_overlays.png", "saliency_fusion.png", "saliency_uniform.png"]:
         assert (project / "reports" / "figures" / name).stat().st_size > 0
 
 

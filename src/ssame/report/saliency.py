@@ -61,5 +61,6 @@ def saliency_method_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 
 def build_saliency_report(results_dir: Path, reports_dir: Path) -> None:
-    write_table(saliency_quality_table(results_dir / "saliency"), reports_dir / "tables" / "saliency_quality")
+    write_table(saliency_quality_table(results_dir / "saliency"), reports_dir / "tables" / "saliency_quality",
+                floatfmt=".3f")
     saliency_method_figures(results_dir, reports_dir / "figures")

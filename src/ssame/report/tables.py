@@ -80,8 +80,8 @@ def per_dataset_table(per_dataset: pd.DataFrame, manifest: pd.DataFrame, variant
     return manifest[["dataset", "meta_task", "split"]].merge(means[variants].reset_index(), on="dataset", how="left")
 
 
-def write_table(table: pd.DataFrame, stem: Path) -> None:
-    """Write `table` to `<stem>.csv` and `<stem>.md` (GitHub-style markdown)."""
+def write_table(table: pd.DataFrame, stem: Path, floatfmt: str = ".1f") -> None:
+    """Write `table` to `<stem>.csv` and `<stem>.md` (GitHub-style markdown, floats as `floatfmt`)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(stem.with_suffix(".csv"), index=False)
-    stem.with_suffix(".md").write_text(table.to_markdown(index=False, floatfmt=".1f") + "\n")
+    stem.with_suffix(".md").write_text(table.to_markdown(index=False, floatfmt=floatfmt) + "\n")

@@ -120,7 +120,8 @@ def build(params: dict[str, Any]) -> None:
         counts = _shard(row.dataset, _pairs(paths.data, row.dataset, row.train_rows > 0), subjects, fusion, load,
                         cfg["map_size"], out)
         summary[row.dataset] = {**counts, "skipped": load.skipped, "fingerprint": fingerprint}
-    quality = score_experts(params, paths.data, fusion, subjects, args, paths.saliency / "quality_samples.npz")
+    load.skipped = {}
+    quality = score_experts(params, paths.data, fusion, subjects, args, paths.saliency / "quality_samples.npz", load)
     quality.to_csv(paths.saliency / "quality.csv", index=False)
     manifest = {"bottom_up": cfg["bottom_up"], "relevance": cfg["relevance"], "map_size": cfg["map_size"],
                 "shards": list(summary), "datasets": summary,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ssame.data.io import image_root, mask_path, read_eval, read_manifest
-from ssame.saliency.experts import build_expert, read_image
+from ssame.data.io import mask_path, read_eval, read_manifest
+from ssame.saliency.experts import build_expert
 from ssame.saliency.fusion import Fusion
 from ssame.saliency.quality import auc, iou_top, pointing
 
@@ -43,16 +44,20 @@ def _samples(data_dir: Path, per_dataset: int) -> tuple[list[tuple], list[tuple]
 
 
 def score_experts(params: dict[str, Any], data_dir: Path, fusion: Fusion, subjects, args: dict,
-                  figure_path: Path) -> pd.DataFrame:
+                  figure_path: Path, load: Callable[[str], np.ndarray | None]) -> pd.DataFrame:
     """Mean AUC, IoU of the top 10 % and pointing game per (method, dataset); empty when no masks exist.
 
+    Images come through `load` (the stage's bad-input policy); a skipped image is left out.
     Also writes `figure_path` (npz: `images`, `texts`, `methods`, `maps` (methods, samples, S, S)): every method's
     map for the first query image of up to FIGURE_SAMPLES datasets, which the report stage draws.
     """
     cfg = params["saliency"]
     scored, shown = _samples(data_dir, cfg["quality"]["samples_per_dataset"])
+    loaded = {s[2]: load(s[2]) for s in [*scored, *shown]}
+    scored = [s for s in scored if loaded[s[2]] is not None]
+    shown = [s for s in shown if loaded[s[2]] is not None]
     samples = scored + shown
-    images = [read_image(image_root(data_dir) / s[2]) for s in samples]
+    images = [loaded[s[2]] for s in samples]
     phrases = subjects([s[1] for s in samples]) if samples else []
     experts = {name: build_expert(name, **args.get(name, {})) for name in cfg["quality"]["experts"]}
     maps = {name: expert(images, phrases) for name, expert in experts.items()}
