@@ -37,7 +37,8 @@ def main() -> None:
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         print(f"pipeline wall: {wall:.1f} s ({wall / 60:.2f} min)")
         print(f"peak RSS of the largest process: {peak_kib / 2**20:.2f} GiB")
-        print((root / "reports" / "tables" / "main.md").read_text())
+        for table in ["main", "ablation", "saliency_quality"]:
+            print((root / "reports" / "tables" / f"{table}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _write_inputs(results: Path) -> None:
                 pixels = np.random.default_rng(index).integers(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
                 Image.fromarray(pixels).save(data / root / image)
         maps = np.random.default_rng(index).random((len(images), MAP_SIZE, MAP_SIZE)).astype(np.float16)
-        write_shard(shards / f"{name}.npz", dict(zip(images, maps, strict=True)), {})
+        write_shard(shards / f"{name}.npz", dict(zip(images, maps, strict=True)), {}, MAP_SIZE)
     shard_names = [name for name in DATASETS if name != "TextRet"]
     (results / "saliency" / "manifest.json").write_text(json.dumps({"shards": shard_names}))
     pd.DataFrame({"method": ["fusion", "fusion", "uniform"], "dataset": ["ShapeCls", "ShapeVQA", "ShapeCls"],

@@ -103,7 +103,7 @@ def test_store_pairs_override_image_maps_and_resize(tmp_path):
     image_map = np.zeros((8, 8), dtype=np.float32)
     image_map[:4, :4] = 1.0
     pair_map = 1.0 - image_map
-    write_shard(shards / "A.npz", {"x/a.png": image_map}, {("the red circle", "x/a.png"): pair_map})
+    write_shard(shards / "A.npz", {"x/a.png": image_map}, {("the red circle", "x/a.png"): pair_map}, 8)
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["A"]}))
     store = SaliencyStore(tmp_path)
     assert "x/a.png" in store
@@ -113,3 +113,10 @@ def test_store_pairs_override_image_maps_and_resize(tmp_path):
     np.testing.assert_allclose(store.map("x/a.png", (2, 2)), [[1, 0], [0, 0]])
     with pytest.raises(KeyError, match=r"nope\.png"):
         store.map("nope.png")
+
+
+def test_empty_shard_loads(tmp_path):
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards" / "T.npz", {}, {}, 8)
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["T"]}))
+    assert "any.png" not in SaliencyStore(tmp_path)

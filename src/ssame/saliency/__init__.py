@@ -68,13 +68,16 @@ class _Loader:
 
 def _shard(dataset: str, pairs: list[tuple[str, str]], subjects, fusion: Fusion, load: _Loader,
            size: int, out: Path) -> dict[str, int]:
-    texts = [t for t, _ in pairs if t.strip()]
+    texts = list(dict.fromkeys(t for t, _ in pairs if t.strip()))
     phrases = dict(zip(texts, subjects(texts), strict=True))
     with open(out / f"{dataset}.subjects.jsonl", "w") as handle:
         for text, image in pairs:
             if text.strip():
                 handle.write(json.dumps({"text": text, "image_path": image, "subjects": phrases[text]}) + "\n")
-    resize = lambda m: cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA)  # noqa: E731
+
+    def resize(sal: np.ndarray) -> np.ndarray:
+        return cv2.resize(sal, (size, size), interpolation=cv2.INTER_AREA)
+
     maps: dict[str, np.ndarray] = {}
     pair_maps: dict[tuple[str, str], np.ndarray] = {}
     by_image: dict[str, list[str]] = {}
@@ -92,7 +95,7 @@ def _shard(dataset: str, pairs: list[tuple[str, str]], subjects, fusion: Fusion,
         if named:
             fused = fusion([n[1] for n in named], [phrases[n[3]] for n in named], [n[2] for n in named])
             pair_maps.update(((t, p), resize(m)) for (p, _, _, t), m in zip(named, fused, strict=True))
-    write_shard(out / f"{dataset}.npz", maps, pair_maps)
+    write_shard(out / f"{dataset}.npz", maps, pair_maps, size)
     return {"images": len(maps), "pairs": len(pairs), "pairs_with_subject": len(pair_maps)}
 
 

@@ -18,14 +18,18 @@ import cv2
 import numpy as np
 
 
-def write_shard(path: Path, maps: dict[str, np.ndarray], pair_maps: dict[tuple[str, str], np.ndarray]) -> None:
-    images = sorted(maps)
-    pairs = sorted(pair_maps)
-    size = next(iter(maps.values())).shape if maps else (0, 0)
+def write_shard(path: Path, maps: dict[str, np.ndarray], pair_maps: dict[tuple[str, str], np.ndarray],
+                size: int) -> None:
+    """One dataset's shard; either dict may be empty (a text-only dataset, every image skipped)."""
+    images, pairs = sorted(maps), sorted(pair_maps)
+
+    def stack(arrays: list[np.ndarray]) -> np.ndarray:
+        return (np.stack(arrays) if arrays else np.zeros((0, size, size))).astype(np.float16)
+
     np.savez_compressed(
-        path, images=np.array(images, dtype=str), maps=np.stack([maps[k] for k in images]).astype(np.float16),
+        path, images=np.array(images, dtype=str), maps=stack([maps[k] for k in images]),
         pair_texts=np.array([t for t, _ in pairs], dtype=str), pair_images=np.array([i for _, i in pairs], dtype=str),
-        pair_maps=(np.stack([pair_maps[k] for k in pairs]) if pairs else np.zeros((0, *size))).astype(np.float16))
+        pair_maps=stack([pair_maps[k] for k in pairs]))
 
 
 class SaliencyStore:
