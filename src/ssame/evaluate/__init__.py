@@ -14,7 +14,7 @@ from ssame.config import Paths
 from ssame.data.io import image_root, read_eval, read_manifest
 from ssame.evaluate.aggregate import aggregate
 from ssame.model import Embedder, InputBuilder
-from ssame.saliency import SaliencyStore
+from ssame.saliency.store import SaliencyStore
 from ssame.tracking import mlflow_run
 
 

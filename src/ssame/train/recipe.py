@@ -16,7 +16,7 @@ from ssame.data.io import image_root
 from ssame.losses import gather_with_grad, info_nce, saliency_attention_kl
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.embedder import CONFIG_FILE
-from ssame.saliency import SaliencyStore
+from ssame.saliency.store import SaliencyStore
 from ssame.tracking import mlflow_run
 from ssame.train.batches import batch_indices, training_rows
 

@@ -1,0 +1,131 @@
+"""The saliency stage: subjects from text, visual experts, fusion into one map per pair, quality against masks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ssame.config import Paths
+from ssame.data.io import eval_path, image_root, read_eval, read_manifest, read_train, train_path
+from ssame.saliency.experts import build_expert, read_image
+from ssame.saliency.fusion import Fusion
+from ssame.saliency.quality_report import score_experts
+from ssame.saliency.store import write_shard
+from ssame.saliency.subjects import build_subjects
+
+BATCH = 64
+
+
+def _pairs(data_dir: Path, dataset: str, has_train: bool) -> list[tuple[str, str]]:
+    """Unique (text, image path) pairs of a dataset, train side then eval side, in first-seen order."""
+    pairs: list[tuple[str, str]] = []
+    if has_train:
+        train = read_train(data_dir, dataset)
+        for text_col, image_col in [("qry", "qry_image_path"), ("pos_text", "pos_image_path"),
+                                    ("neg_text", "neg_image_path")]:
+            pairs += zip(train[text_col], train[image_col], strict=True)
+    evaluation = read_eval(data_dir, dataset)
+    pairs += zip(evaluation["qry_text"], evaluation["qry_img_path"], strict=True)
+    for texts, images in zip(evaluation["tgt_text"], evaluation["tgt_img_path"], strict=True):
+        pairs += zip(texts, images, strict=True)
+    return list(dict.fromkeys(pairs))
+
+
+def _fingerprint(cfg: dict[str, Any], files: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class _Loader:
+    """Reads images for the stage, applying `saliency.bad_input` (error | skip) and counting skips."""
+
+    def __init__(self, root: Path, policy: str, min_side: int):
+        self.root, self.policy, self.min_side = root, policy, min_side
+        self.skipped: dict[str, str] = {}
+
+    def __call__(self, rel: str) -> np.ndarray | None:
+        try:
+            image = read_image(self.root / rel)
+            if min(image.shape[:2]) < self.min_side:
+                raise ValueError(f"image {self.root / rel} is {image.shape[1]}x{image.shape[0]}, smaller than the "
+                                 f"{self.min_side}-pixel saliency map (saliency.map_size)")
+            return image
+        except (OSError, ValueError) as err:
+            if self.policy == "error":
+                raise
+            self.skipped[rel] = str(err)
+            return None
+
+
+def _shard(dataset: str, pairs: list[tuple[str, str]], subjects, fusion: Fusion, load: _Loader,
+           size: int, out: Path) -> dict[str, int]:
+    texts = list(dict.fromkeys(t for t, _ in pairs if t.strip()))
+    phrases = dict(zip(texts, subjects(texts), strict=True))
+    with open(out / f"{dataset}.subjects.jsonl", "w") as handle:
+        for text, image in pairs:
+            if text.strip():
+                handle.write(json.dumps({"text": text, "image_path": image, "subjects": phrases[text]}) + "\n")
+
+    def resize(sal: np.ndarray) -> np.ndarray:
+        return cv2.resize(sal, (size, size), interpolation=cv2.INTER_AREA)
+
+    maps: dict[str, np.ndarray] = {}
+    pair_maps: dict[tuple[str, str], np.ndarray] = {}
+    by_image: dict[str, list[str]] = {}
+    for text, image in pairs:
+        if image:
+            by_image.setdefault(image, []).append(text)
+    paths = list(by_image)
+    for start in tqdm(range(0, len(paths), BATCH), desc=f"saliency {dataset}", unit="batch"):
+        batch = [(p, img) for p in paths[start:start + BATCH] if (img := load(p)) is not None]
+        images = [img for _, img in batch]
+        bottom_up = fusion.bottom_up(images, [[]] * len(images))
+        maps.update((p, resize(m)) for (p, _), m in zip(batch, bottom_up, strict=True))
+        named = [(p, img, b, t) for (p, img), b in zip(batch, bottom_up, strict=True)
+                 for t in by_image[p] if phrases.get(t)]
+        if named:
+            fused = fusion([n[1] for n in named], [phrases[n[3]] for n in named], [n[2] for n in named])
+            pair_maps.update(((t, p), resize(m)) for (p, _, _, t), m in zip(named, fused, strict=True))
+    write_shard(out / f"{dataset}.npz", maps, pair_maps, size)
+    return {"images": len(maps), "pairs": len(pairs), "pairs_with_subject": len(pair_maps)}
+
+
+def build(params: dict[str, Any]) -> None:
+    """Write the shards of every dataset whose inputs or saliency params changed, `quality.csv` and the manifest."""
+    paths = Paths.from_params(params)
+    cfg = params["saliency"]
+    args = cfg.get("expert_args", {})
+    fusion = Fusion(build_expert(cfg["bottom_up"], **args.get(cfg["bottom_up"], {})),
+                    [build_expert(name, **args.get(name, {})) for name in cfg["relevance"]], cfg["fusion_floor"])
+    subjects = build_subjects(cfg["subjects"], paths.data)
+    load = _Loader(image_root(paths.data), cfg["bad_input"], cfg["map_size"])
+    out = paths.saliency / "shards"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = paths.saliency / "manifest.json"
+    previous = json.loads(manifest_path.read_text())["datasets"] if manifest_path.is_file() else {}
+    summary: dict[str, dict[str, Any]] = {}
+    for row in read_manifest(paths.data).itertuples():
+        files = [eval_path(paths.data, row.dataset)] + ([train_path(paths.data, row.dataset)] if row.train_rows else [])
+        fingerprint = _fingerprint(cfg, files)
+        if previous.get(row.dataset, {}).get("fingerprint") == fingerprint and (out / f"{row.dataset}.npz").is_file():
+            summary[row.dataset] = previous[row.dataset]
+            continue
+        load.skipped = {}
+        counts = _shard(row.dataset, _pairs(paths.data, row.dataset, row.train_rows > 0), subjects, fusion, load,
+                        cfg["map_size"], out)
+        summary[row.dataset] = {**counts, "skipped": load.skipped, "fingerprint": fingerprint}
+    load.skipped = {}
+    quality = score_experts(params, paths.data, fusion, subjects, args, paths.saliency / "quality_samples.npz", load)
+    quality.to_csv(paths.saliency / "quality.csv", index=False)
+    manifest = {"bottom_up": cfg["bottom_up"], "relevance": cfg["relevance"], "map_size": cfg["map_size"],
+                "shards": list(summary), "datasets": summary,
+                "skipped_images": sum(len(d["skipped"]) for d in summary.values())}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
