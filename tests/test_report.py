@@ -145,3 +145,14 @@ def test_saliency_quality_table_and_method_figures(params: dict) -> None:
         with Image.open(reports / "figures" / f"saliency_{method}.png") as image:
             assert image.size[0] > 0
 
+
+
+def test_group_without_datasets_is_an_empty_cell(params: dict) -> None:
+    path = Path(params["results_dir"]) / "eval" / VARIANTS[0] / f"seed{SEEDS[0]}" / "aggregate.json"
+    record = json.loads(path.read_text())
+    record["retrieval"] = None
+    path.write_text(json.dumps(record))
+    build(params)
+    main = pd.read_csv(Path(params["reports_dir"]) / "tables" / "main.csv").set_index("method")
+    other_seed = 100 * _scores(VARIANTS[0], SEEDS[1])["retrieval"]
+    assert main.loc[VARIANTS[0], "retrieval"] == pytest.approx(other_seed, abs=0.05)

@@ -42,7 +42,9 @@ def load_aggregates(
             for key, expected in (("variant", variant), ("seed", seed)):
                 if record[key] != expected:
                     raise ValueError(f"{path}: key {key!r} is {record[key]!r}, expected {expected!r}")
-            scores = {key: _fraction(record[key], path, key) for key in SCORE_COLUMNS}
+            # evaluate writes null for a group with no dataset (e.g. a hub subset without grounding): NaN here
+            scores = {key: float("nan") if record[key] is None else _fraction(record[key], path, key)
+                      for key in SCORE_COLUMNS}
             score_rows.append({"variant": variant, "seed": seed, **scores})
             dataset_rows += [
                 {
