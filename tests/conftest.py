@@ -52,3 +52,20 @@ def image_dir(tmp_path: Path) -> Path:
         pixels[16 + 24 * i:32 + 24 * i, 24:40] = (220, 20, 20)
         Image.fromarray(pixels).save(tmp_path / f"img{i}.png")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_built(tmp_path_factory, default_params) -> dict:
+    """Params of a very small MMEB-mini whose data and saliency stages have run (shared; deep-copy to modify)."""
+    from ssame import data, saliency
+
+    params = copy.deepcopy(default_params)
+    root = tmp_path_factory.mktemp("small")
+    params["results_dir"] = str(root / "results")
+    params["tracking"]["mlflow_db"] = str(root / "mlflow" / "mlflow.db")
+    params["data"]["mini"].update(train_rows_per_dataset=8, eval_queries_per_dataset=4)
+    params["data"]["tokenizer"]["vocab_size"] = 320
+    params["train"].update(steps=3, batch_size=8, warmup_steps=1, checkpoint_every=None)
+    data.build(params)
+    saliency.build(params)
+    return params

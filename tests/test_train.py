@@ -1,44 +1,43 @@
-"""The training recipe on a very small MMEB-mini: outputs, determinism, unbuilt options."""
+"""The training recipe on a very small MMEB-mini: outputs, determinism, LoRA, MLflow, kill-and-resume."""
 
 from __future__ import annotations
 
+import copy
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from ssame import data, saliency
+import mlflow
+from ssame import data
 from ssame.config import Paths
 from ssame.evaluate import evaluate
+from ssame.tracking import tracking_uri
 from ssame.train import train
 
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, default_params) -> dict:
-    import copy
-
-    params = copy.deepcopy(default_params)
-    root = tmp_path_factory.mktemp("train")
-    params["results_dir"] = str(root / "results")
-    params["tracking"]["mlflow_db"] = str(root / "mlflow" / "mlflow.db")
-    params["data"]["mini"].update(train_rows_per_dataset=8, eval_queries_per_dataset=4)
-    params["data"]["tokenizer"]["vocab_size"] = 320
-    params["train"].update(steps=3, batch_size=8, warmup_steps=1)
-    data.build(params)
-    saliency.build(params)
-    return params
+VOLATILE = {"train_seconds", "samples_per_second", "peak_memory_mib"}
 
 
-def _weights(params: dict, variant: str) -> dict[str, torch.Tensor]:
-    return load_file(Paths.from_params(params).model(variant, 0) / "backbone" / "model.safetensors")
+@pytest.fixture
+def small(small_built) -> dict:
+    return copy.deepcopy(small_built)
+
+
+def _weights(params: dict, variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    return load_file(Paths.from_params(params).model(variant, seed) / "backbone" / "model.safetensors")
 
 
 def test_ssame_variant_trains_saves_and_is_deterministic(small):
     first = train(small, "ssame", 0)
     weights = _weights(small, "ssame")
     second = train(small, "ssame", 0)
-    assert {"loss_nce", "loss_attn", "visual_attention_mass"} <= set(first)
+    assert {"loss_nce", "loss_attn", "loss_subject", "visual_attention_mass"} <= set(first)
     assert all(torch.isfinite(torch.tensor(v)) for v in first.values())
     assert first["loss"] == second["loss"]
     assert all(torch.equal(weights[k], v) for k, v in _weights(small, "ssame").items())
@@ -48,11 +47,37 @@ def test_ssame_variant_trains_saves_and_is_deterministic(small):
     assert metrics["steps"] == 3
 
 
+def test_mlflow_has_per_step_components_from_the_main_process(small):
+    train(small, "ssame-no-regen", 0)
+    client = mlflow.MlflowClient(tracking_uri(small["tracking"]["mlflow_db"]))
+    experiment = client.get_experiment_by_name(small["tracking"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], "tags.variant = 'ssame-no-regen'")
+    assert len(runs) == 1
+    run_id = runs[0].info.run_id
+    for key in ("loss_nce", "loss_attn", "loss_subject", "lr", "samples_per_second", "peak_memory_mib"):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key
+
+
 def test_baseline_has_no_saliency_terms_and_seeds_differ(small):
     metrics = train(small, "baseline", 0)
-    assert "loss_attn" not in metrics
+    assert "loss_attn" not in metrics and "loss_subject" not in metrics
     other = train(small, "baseline", 1)
     assert other["loss"] != metrics["loss"]
+
+
+def test_lora_trains_adapters_and_saves_a_merged_backbone(small):
+    small["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    train(small, "baseline", 0)
+    weights = _weights(small, "baseline")
+    assert not any("lora" in k or "base_layer" in k for k in weights)
+    small["model"]["lora"] = None
+    train(small, "baseline", 0)
+    full = _weights(small, "baseline")
+    assert weights.keys() == full.keys()
+    # LoRA leaves the vision tower frozen at its (seeded) initialisation; full fine-tuning moves it
+    vision = [k for k in weights if "visual." in k and k.endswith("weight")]
+    assert vision and any(not torch.equal(weights[k], full[k]) for k in vision)
 
 
 def test_evaluate_writes_scores_for_every_dataset(small):
@@ -65,14 +90,34 @@ def test_evaluate_writes_scores_for_every_dataset(small):
     assert len(list(scores.glob("*.json"))) == len(manifest)
 
 
-@pytest.mark.parametrize(("section", "key", "value", "match"), [
-    ("model", "lora", {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj"]}, "LoRA"),
-    ("train", "grad_cache_chunk_size", 4, "GradCache"),
-])
-def test_unbuilt_options_raise_clearly(small, section, key, value, match):
-    import copy
+def _launch(params_file, variant: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ssame", "train", "--params", str(params_file), "--variant", variant, "--seed", "0"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    params = copy.deepcopy(small)
-    params[section][key] = value
-    with pytest.raises(NotImplementedError, match=match):
-        train(params, "baseline", 0)
+
+def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(small, tmp_path):
+    small["train"].update(steps=8, checkpoint_every=2)
+    paths = Paths.from_params(small)
+    reference = train(small, "ssame-no-subject", 0)
+    reference_weights = _weights(small, "ssame-no-subject")
+    assert not paths.checkpoints("ssame-no-subject", 0).exists()  # removed once the run completed
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(small))
+    proc = _launch(params_file, "ssame-no-subject")
+    marker = paths.checkpoints("ssame-no-subject", 0) / "step4" / "trainer.json"
+    deadline = time.monotonic() + 300
+    while not marker.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = _launch(params_file, "ssame-no-subject")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "resumed ssame-no-subject/seed0" in out
+    metrics = json.loads(paths.train_metrics("ssame-no-subject", 0).read_text())
+    assert {k: v for k, v in metrics.items() if k not in VOLATILE} == \
+        {k: v for k, v in reference.items() if k not in VOLATILE}
+    weights = _weights(small, "ssame-no-subject")
+    assert all(torch.equal(reference_weights[k], v) for k, v in weights.items())

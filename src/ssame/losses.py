@@ -1,4 +1,5 @@
-"""Training objectives: sample-level InfoNCE and the saliency-guided attention loss."""
+"""Training objectives: sample-level InfoNCE (in-batch + hard negatives), subject-level alignment, and the
+saliency-guided attention loss; plus cross-process gathering that keeps the gradient on the local slice."""
 
 from __future__ import annotations
 
@@ -7,22 +8,46 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` across processes; only the local slice keeps its gradient (the open_clip scheme)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """Concatenate `x` (same shape on every process) across processes; only the local slice keeps its gradient
+    (the open_clip scheme: scale the loss by the world size so DDP's gradient averaging restores the full-batch
+    gradient)."""
+    if _world() == 1:
         return x
-    parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+    parts = [torch.zeros_like(x) for _ in range(_world())]
     dist.all_gather(parts, x.contiguous())
     parts[dist.get_rank()] = x
     return torch.cat(parts)
 
 
-def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float,
-             target_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Query -> target InfoNCE over in-batch negatives; row i's positive is target i.
+def gather_varlen_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """`gather_with_grad` for a first dimension that differs between processes (pads, gathers, strips)."""
+    if _world() == 1:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(_world())]
+    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    counts = [int(s) for s in sizes]
+    padded = torch.cat([x, x.new_zeros((max(counts) - len(x), *x.shape[1:]))])
+    parts = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(parts, padded.contiguous())
+    parts[dist.get_rank()] = padded
+    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
 
-    `target_ids` (B,) marks identical targets (e.g. two classification rows whose positive is the same label):
-    a copy of a row's own positive is masked out of its negatives instead of being pushed away.
+
+def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float,
+             target_ids: torch.Tensor | None = None, negatives: torch.Tensor | None = None,
+             negative_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Query -> target InfoNCE; row i's positive is target i, its negatives every other target and every hard
+    negative of the batch.
+
+    `target_ids` (B,) identifies targets: a copy of a row's own positive (two classification rows with the same
+    label) is masked out of its negatives instead of being pushed away. `negatives` (N, D) are hard negatives
+    (MMEB's `neg_text`/`neg_image_path`) shared by all queries; `negative_ids` (N,) masks any that equal a row's
+    positive.
     """
     logits = query @ target.T / temperature
     labels = torch.arange(len(query), device=query.device)
@@ -30,12 +55,34 @@ def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float,
         same = target_ids[:, None] == target_ids[None, :]
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
+    if negatives is not None and len(negatives):
+        neg_logits = query @ negatives.T / temperature
+        if negative_ids is not None and target_ids is not None:
+            neg_logits = neg_logits.masked_fill(target_ids[:, None] == negative_ids[None, :], float("-inf"))
+        logits = torch.cat([logits, neg_logits], dim=1)
     return F.cross_entropy(logits, labels)
 
 
+def subject_alignment(regions: torch.Tensor, phrases: torch.Tensor, temperature: float,
+                      phrase_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between saliency-pooled visual features (M, D) and their subject-phrase embeddings (M, D);
+    rows sharing a phrase (`phrase_ids`) are not each other's negatives. Zero (with a graph) when M = 0."""
+    if len(regions) == 0:
+        return regions.sum() * 0.0 + phrases.sum() * 0.0
+    return 0.5 * (info_nce(regions, phrases, temperature, phrase_ids)
+                  + info_nce(phrases, regions, temperature, phrase_ids))
+
+
+def saliency_pool(hidden: torch.Tensor, saliency: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Saliency-weighted mean of visual-token features: hidden (n, D), saliency (n,) >= 0 -> (D,)."""
+    weights = saliency.to(hidden) / saliency.sum().clamp_min(eps)
+    return weights @ hidden
+
+
 def saliency_attention_kl(attention: list[torch.Tensor], saliency: list[torch.Tensor],
-                          eps: float = 1e-6) -> torch.Tensor:
-    """Mean over images of KL(q || p): q = saliency over visual tokens, p = the pooled token's attention on them."""
+                          eps: float = 1e-6, reduction: str = "mean") -> torch.Tensor:
+    """KL(q || p) per image, q = saliency over visual tokens, p = the pooled token's attention on them, renormalised;
+    averaged (`mean`) or summed (`sum`, for callers that normalise by a global count)."""
     if len(attention) != len(saliency) or not attention:
         raise ValueError(f"need one saliency map per attention vector, got {len(saliency)} and {len(attention)}")
     terms = []
@@ -43,4 +90,5 @@ def saliency_attention_kl(attention: list[torch.Tensor], saliency: list[torch.Te
         p = attn / attn.sum().clamp_min(eps)
         q = sal.to(attn) / sal.sum().clamp_min(eps)
         terms.append((q * ((q + eps).log() - (p + eps).log())).sum())
-    return torch.stack(terms).mean()
+    stacked = torch.stack(terms)
+    return stacked.sum() if reduction == "sum" else stacked.mean()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,8 +36,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @contextmanager
-def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str]) -> Iterator[Any]:
-    """Open an MLflow run in the params' experiment, logging all params flattened; yields the mlflow module."""
+def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str],
+               run_id: str | None = None) -> Iterator[Any]:
+    """Open an MLflow run in the params' experiment, logging all params flattened; yields the mlflow module.
+    With `run_id`, reopen that run instead (a resumed training continues its own metric history)."""
     os.environ.update(_OFFLINE_ENV)
     import mlflow
 
@@ -49,6 +52,30 @@ def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str]) -> I
         if mlflow.get_experiment_by_name(name) is None:
             mlflow.create_experiment(name, artifact_location=(db.parent / "artifacts").as_uri())
         mlflow.set_experiment(name)
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id):
+            yield mlflow
+        return
     with mlflow.start_run(run_name=run_name, tags=tags):
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(params).items()})
         yield mlflow
+
+
+class StepLogger:
+    """Per-step metrics buffered in memory and written to the active run in one batch per `flush`."""
+
+    def __init__(self, mlflow: Any):
+        from mlflow.entities import Metric
+
+        self._mlflow, self._metric, self._buffer = mlflow, Metric, []
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self._buffer += [self._metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def flush(self) -> None:
+        if self._buffer:
+            run_id, client = self._mlflow.active_run().info.run_id, self._mlflow.MlflowClient()
+            for start in range(0, len(self._buffer), 1000):  # MLflow's per-request limit
+                client.log_batch(run_id, metrics=self._buffer[start:start + 1000], synchronous=True)
+            self._buffer = []

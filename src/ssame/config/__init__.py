@@ -85,5 +85,9 @@ class Paths:
     def train_metrics(self, variant: str, seed: int) -> Path:
         return self.results / "train" / self.run(variant, seed) / "metrics.json"
 
+    def checkpoints(self, variant: str, seed: int) -> Path:
+        """Resumable training state; deliberately not a Snakemake output (Snakemake clears outputs of failed jobs)."""
+        return self.results / "checkpoints" / self.run(variant, seed)
+
     def eval(self, variant: str, seed: int) -> Path:
         return self.results / "eval" / self.run(variant, seed)

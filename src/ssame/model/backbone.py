@@ -49,16 +49,21 @@ def image_processor_for(params: dict[str, Any], source: str | None = None) -> Qw
 
 
 def load_backbone(params: dict[str, Any], data_dir: Path):
-    """(model, tokenizer, image processor) for training: tiny random init or `from_pretrained`."""
+    """(model, tokenizer, image processor) for training: tiny random init or `from_pretrained`, in `model.dtype`,
+    with gradient checkpointing when `model.gradient_checkpointing`."""
     model_cfg = params["model"]
     dtype = DTYPES[model_cfg["dtype"]]
     if model_cfg["backbone"] == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
         config = tiny_config(model_cfg["tiny"], tokenizer, model_cfg["attn_implementation"])
         model = Qwen2VLForConditionalGeneration(config).to(dtype)
-        return model, tokenizer, image_processor_for(params)
-    source = model_cfg["backbone"]
-    tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
-    model = Qwen2VLForConditionalGeneration.from_pretrained(
-        source, dtype=dtype, attn_implementation=model_cfg["attn_implementation"])
-    return model, tokenizer, image_processor_for(params, source)
+        processor = image_processor_for(params)
+    else:
+        source = model_cfg["backbone"]
+        tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+        model = Qwen2VLForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, attn_implementation=model_cfg["attn_implementation"])
+        processor = image_processor_for(params, source)
+    if model_cfg.get("gradient_checkpointing"):
+        model.activation_checkpointing_enable()  # non-reentrant: adapters under frozen embeddings still get grads
+    return model, tokenizer, processor

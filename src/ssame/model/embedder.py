@@ -25,26 +25,40 @@ MODULES_FILE, CONFIG_FILE = "ssame_modules.safetensors", "ssame.json"
 class EmbedOutput:
     embeddings: torch.Tensor                 # (B, D), unit norm
     visual_attention: list[torch.Tensor]     # per image: pooled-token attention on its visual tokens (n,)
+    visual_hidden: list[torch.Tensor]        # per image: last-layer hidden states of its visual tokens (n, D)
 
 
 class Embedder(nn.Module):
     """Encode a batch of (text, image) inputs into one vector each."""
 
-    def __init__(self, backbone: Qwen2VLForConditionalGeneration, variant: dict[str, Any]):
+    def __init__(self, backbone: Qwen2VLForConditionalGeneration, variant: dict[str, Any],
+                 lora: dict[str, Any] | None = None):
+        """`lora` (params `model.lora`) wraps the language model in LoRA/DoRA adapters, freezing the backbone."""
         super().__init__()
+        if lora:
+            from ssame.model.lora import apply_lora
+
+            backbone = apply_lora(backbone, lora)
         self.backbone = backbone
         self.variant = dict(variant)
-        hidden = backbone.config.text_config.hidden_size
+        hidden = self.qwen.config.text_config.hidden_size
         self.regen = FeatureRegenerator(hidden) if variant["feature_regen"] else None
         self.attn_layers: list[int] = list(variant.get("attn_layers", [-1]))
+
+    @property
+    def qwen(self) -> Qwen2VLForConditionalGeneration:
+        """The transformers model, under its LoRA wrapper if any."""
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
 
     @property
     def uses_saliency(self) -> bool:
         return self.regen is not None
 
-    def forward(self, batch: EncodedBatch, with_attention: bool = False) -> EmbedOutput:
+    def forward(self, batch: EncodedBatch, with_attention: bool = False, with_hidden: bool = False) -> EmbedOutput:
+        """Embeddings; optionally the pooled token's attention on, and the final hidden states of, each image's
+        visual tokens (for the saliency-guided objectives)."""
         inputs = batch.inputs
-        core = self.backbone.model
+        core = self.qwen.model
         kwargs: dict[str, Any] = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
         if "pixel_values" in inputs:
             feats = core.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
@@ -58,7 +72,9 @@ class Embedder(nn.Module):
         out = core(**kwargs, output_attentions=with_attention, use_cache=False)
         embeddings = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
         attention = self._visual_attention(out.attentions, batch) if with_attention else []
-        return EmbedOutput(embeddings, attention)
+        is_visual = inputs["mm_token_type_ids"].bool()
+        hidden = [out.last_hidden_state[r][is_visual[r]] for r in batch.image_rows] if with_hidden else []
+        return EmbedOutput(embeddings, attention, hidden)
 
     def _visual_attention(self, attentions, batch: EncodedBatch) -> list[torch.Tensor]:
         """Last-token attention over each image's visual tokens, averaged over heads and the chosen layers."""
@@ -69,9 +85,15 @@ class Embedder(nn.Module):
         return [last[row][is_visual[row]] for row in batch.image_rows]
 
     def save(self, directory: Path, tokenizer, image_processor) -> None:
-        """Backbone via save_pretrained (safetensors) + SSA-ME modules + variant, one self-contained folder."""
+        """Backbone via save_pretrained (safetensors) + SSA-ME modules + variant, one self-contained folder.
+        LoRA adapters are merged into the saved weights (in place: call this when training is over)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(directory / "backbone")
+        backbone = self.backbone
+        if backbone is not self.qwen:
+            from ssame.model.lora import merge_lora
+
+            backbone = self.backbone = merge_lora(backbone)
+        backbone.save_pretrained(directory / "backbone")
         tokenizer.save_pretrained(directory / "backbone")
         image_processor.save_pretrained(directory / "backbone")
         if self.regen is not None:

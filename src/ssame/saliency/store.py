@@ -42,6 +42,7 @@ class SaliencyStore:
         self.manifest = json.loads(manifest_path.read_text())
         self._maps: dict[str, np.ndarray] = {}
         self._pairs: dict[tuple[str, str], np.ndarray] = {}
+        self._subjects: dict[tuple[str, str], str] = {}
         for shard in self.manifest["shards"]:
             path = saliency_dir / "shards" / f"{shard}.npz"
             if not path.is_file():
@@ -50,9 +51,14 @@ class SaliencyStore:
                 self._maps.update(zip(npz["images"].tolist(), npz["maps"], strict=True))
                 keys = zip(npz["pair_texts"].tolist(), npz["pair_images"].tolist(), strict=True)
                 self._pairs.update(zip(keys, npz["pair_maps"], strict=True))
+            self._subjects.update(_read_subjects(saliency_dir / "shards" / f"{shard}.subjects.jsonl"))
 
     def __contains__(self, image_path: str) -> bool:
         return image_path in self._maps
+
+    def subject(self, text: str, image_path: str) -> str | None:
+        """The first subject phrase of a (text, image) pair that has a fused map, else None."""
+        return self._subjects.get((text, image_path)) if (text, image_path) in self._pairs else None
 
     def map(self, image_path: str, grid: tuple[int, int] | None = None, text: str | None = None) -> np.ndarray:
         """The pair's fused map if `text` names a subject, else the image's bottom-up map (float32), optionally
@@ -66,3 +72,19 @@ class SaliencyStore:
         if grid is not None:
             sal = cv2.resize(sal, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
         return sal
+
+
+def _read_subjects(path: Path) -> dict[tuple[str, str], str]:
+    """(text, image path) -> first subject phrase, for the pairs of a `<dataset>.subjects.jsonl` that name one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"saliency subjects file is missing: {path}")
+    out: dict[tuple[str, str], str] = {}
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                row = json.loads(line)
+                if row["subjects"]:
+                    out[(row["text"], row["image_path"])] = row["subjects"][0]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: not a subjects record ({err})") from err
+    return out

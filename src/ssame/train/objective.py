@@ -1,0 +1,212 @@
+"""The loss of one global batch and its backward pass: full batch, or GradCache in chunks of equal gradient.
+
+Every process sees the whole global batch (a DataFrame) and encodes its own contiguous slice. Batch-coupled terms
+(InfoNCE, subject alignment) are computed on representations gathered from every process, with the gradient kept
+on the local slice and the loss scaled by the world size, so DDP's gradient averaging yields exactly the
+single-process gradient. Per-image terms (attention KL) are sums normalised by the global image count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ssame.losses import (
+    gather_varlen_with_grad,
+    gather_with_grad,
+    info_nce,
+    saliency_attention_kl,
+    saliency_pool,
+    subject_alignment,
+)
+from ssame.model import Embedder, InputBuilder
+from ssame.saliency.store import SaliencyStore
+
+REPS = ("query", "pos", "neg", "region", "phrase")
+
+
+@dataclass
+class ChunkOut:
+    """Representations of a chunk of rows (keys of REPS), their ids, and the chunk's attention-KL sum."""
+
+    reps: dict[str, torch.Tensor]
+    ids: dict[str, torch.Tensor]
+    attn_sum: torch.Tensor
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _replay(state: torch.Tensor | None) -> Iterator[None]:
+    """Run with the CPU/CUDA RNG set to `state` (recorded in GradCache's first pass), restoring it afterwards."""
+    if state is None:
+        yield
+        return
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        cpu, cuda = state
+        torch.set_rng_state(cpu)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+        yield
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
+
+
+class Objective:
+    """SSA-ME loss = InfoNCE + λ_subj · subject alignment + λ_attn · attention KL, for one variant."""
+
+    def __init__(self, embedder: Embedder, build: InputBuilder, store: SaliencyStore | None,
+                 variant: dict[str, Any], train_cfg: dict[str, Any], accelerator):
+        self.embedder, self.build, self.store, self.accelerator = embedder, build, store, accelerator
+        self.temperature = float(train_cfg["temperature"])
+        self.hard_negatives = bool(train_cfg.get("hard_negatives", False))
+        self.chunk = train_cfg.get("grad_cache_chunk_size")
+        self.attn_weight = float(variant["attn_loss_weight"])
+        self.subject_weight = float(variant.get("subject_loss_weight", 0.0))
+        if (self.attn_weight > 0 or self.subject_weight > 0) and store is None:
+            raise ValueError("the attention and subject objectives need the saliency stage's maps")
+
+    # ---- one global batch -> annotated rows --------------------------------------------------------------
+    def annotate(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Add the ids and subject phrases the loss needs; identical on every process (it sees the global batch)."""
+        rows = batch.reset_index(drop=True).copy()
+        keys = pd.concat([rows["pos_text"] + "\x00" + rows["pos_image_path"],
+                          rows["neg_text"] + "\x00" + rows["neg_image_path"]], ignore_index=True)
+        codes = pd.factorize(keys)[0]
+        rows["pos_id"], rows["neg_id"] = codes[:len(rows)], codes[len(rows):]
+        rows["has_neg"] = self.hard_negatives & ((rows["neg_text"] != "") | (rows["neg_image_path"] != ""))
+        for side, text, image in (("qry", "qry", "qry_image_path"), ("pos", "pos_text", "pos_image_path")):
+            if self.subject_weight > 0:
+                rows[f"{side}_subject"] = [self.store.subject(t, i) or "" if i else ""
+                                           for t, i in zip(rows[text], rows[image], strict=True)]
+            else:
+                rows[f"{side}_subject"] = ""
+        phrases = pd.concat([rows["qry_subject"], rows["pos_subject"]], ignore_index=True)
+        codes = pd.factorize(phrases)[0]
+        rows["qry_subject_id"], rows["pos_subject_id"] = codes[:len(rows)], codes[len(rows):]
+        return rows
+
+    def attention_images(self, rows: pd.DataFrame) -> int:
+        """Images whose pooled-token attention is supervised (query and positive side)."""
+        return int((rows["qry_image_path"] != "").sum() + (rows["pos_image_path"] != "").sum())
+
+    # ---- encoding ------------------------------------------------------------------------------------------
+    def encode(self, rows: pd.DataFrame, with_attention: bool) -> ChunkOut:
+        """Representations of `rows` (a chunk of this process's slice), from ONE forward pass over queries,
+        positives, hard negatives and subject phrases together (DDP requires one forward per backward)."""
+        device, c = self.accelerator.device, len(rows)
+        need_attn = with_attention and self.attn_weight > 0
+        need_hidden = self.subject_weight > 0
+        negs = rows[rows["has_neg"]]
+        subj = [(side, r) for side in ("qry", "pos") for r in range(c) if rows[f"{side}_subject"].iloc[r]]
+        texts = [*rows["qry"], *rows["pos_text"], *negs["neg_text"],
+                 *(rows[f"{side}_subject"].iloc[r] for side, r in subj)]
+        images = [*rows["qry_image_path"], *rows["pos_image_path"], *negs["neg_image_path"], *[""] * len(subj)]
+        batch = self.build(texts, images, self.store)
+        out = self.embedder(batch, with_attention=need_attn, with_hidden=need_hidden)
+        k, emb = len(negs), out.embeddings
+        reps = {"query": emb[:c], "pos": emb[c:2 * c], "neg": emb[2 * c:2 * c + k], "phrase": emb[2 * c + k:]}
+        image_of = {row: i for i, row in enumerate(batch.image_rows)}
+        saliency = [torch.as_tensor(s.ravel(), device=device) for s in (batch.saliency or [])]
+        kl_sum, extras = torch.zeros((), device=device), {}
+        supervised = [i for i, row in enumerate(batch.image_rows) if row < 2 * c]
+        if need_attn and supervised:
+            attention = [out.visual_attention[i] for i in supervised]
+            kl_sum = saliency_attention_kl(attention, [saliency[i] for i in supervised], reduction="sum")
+            extras["mass_sum"] = torch.stack([a.detach().sum() for a in attention]).sum().item()
+            extras["mass_count"] = float(len(attention))
+        regions = [F.normalize(saliency_pool(out.visual_hidden[i], saliency[i]).float(), dim=-1)
+                   for i in (image_of[r + (c if side == "pos" else 0)] for side, r in subj)]
+        reps["region"] = torch.stack(regions) if regions else emb.new_zeros((0, emb.shape[1]))
+        ids = {"pos": torch.tensor(rows["pos_id"].tolist(), dtype=torch.long, device=device),
+               "neg": torch.tensor(negs["neg_id"].tolist(), dtype=torch.long, device=device),
+               "region": torch.tensor([int(rows[f"{side}_subject_id"].iloc[r]) for side, r in subj],
+                                      dtype=torch.long, device=device)}
+        return ChunkOut(reps, ids, kl_sum, extras)
+
+    # ---- loss over gathered representations ----------------------------------------------------------------
+    def batch_terms(self, reps: dict[str, torch.Tensor], ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Global InfoNCE and subject alignment from this process's representations (gathered inside)."""
+        terms = {"loss_nce": info_nce(
+            gather_with_grad(reps["query"]), gather_with_grad(reps["pos"]), self.temperature,
+            gather_with_grad(ids["pos"]), gather_varlen_with_grad(reps["neg"]), gather_varlen_with_grad(ids["neg"]))}
+        if self.subject_weight > 0:
+            terms["loss_subject"] = subject_alignment(
+                gather_varlen_with_grad(reps["region"]), gather_varlen_with_grad(reps["phrase"]),
+                self.temperature, gather_varlen_with_grad(ids["region"]))
+        return terms
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return terms["loss_nce"] + self.subject_weight * terms.get("loss_subject", 0.0)
+
+    # ---- forward + backward of one global batch ------------------------------------------------------------
+    def backward(self, global_batch: pd.DataFrame) -> dict[str, float]:
+        """Accumulate the gradient of the global batch's loss into the model; return the loss terms."""
+        acc = self.accelerator
+        world, rank = acc.num_processes, acc.process_index
+        rows = self.annotate(global_batch)
+        if len(rows) % world:
+            raise ValueError(f"global batch of {len(rows)} rows is not divisible by {world} processes")
+        local = len(rows) // world
+        mine = rows.iloc[rank * local:(rank + 1) * local]
+        n_images = max(self.attention_images(rows), 1)
+        if not self.chunk or self.chunk >= local:
+            out = self.encode(mine, with_attention=True)
+            terms = self.batch_terms(out.reps, out.ids)
+            acc.backward(world * (self._weighted(terms) + self.attn_weight * out.attn_sum / n_images))
+            return self._report(terms, out.attn_sum, n_images, [out])
+        return self._grad_cache(mine, n_images)
+
+    def _grad_cache(self, mine: pd.DataFrame, n_images: int) -> dict[str, float]:
+        """GradCache (Gao et al. 2021): representations without graph, loss gradient w.r.t. them, then a chunk-wise
+        re-encode with the RNG replayed, backpropagating rep · grad. Gradients equal the full-batch ones."""
+        acc, world = self.accelerator, self.accelerator.num_processes
+        chunks = [mine.iloc[s:s + self.chunk] for s in range(0, len(mine), self.chunk)]
+        states, outs = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                states.append(_rng_state())
+                outs.append(self.encode(chunk, with_attention=False))
+        cached = {k: torch.cat([o.reps[k] for o in outs]).detach().requires_grad_() for k in REPS}
+        ids = {k: torch.cat([o.ids[k] for o in outs]) for k in outs[0].ids}
+        terms = self.batch_terms(cached, ids)
+        (world * self._weighted(terms)).backward()
+        grads = {k: (cached[k].grad if cached[k].grad is not None else torch.zeros_like(cached[k])) for k in REPS}
+        offsets = dict.fromkeys(REPS, 0)
+        attn_sum, replays = torch.zeros((), device=acc.device), []
+        for i, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
+            sync = nullcontext() if i == len(chunks) - 1 else acc.no_sync(self.embedder)
+            with sync, _replay(state):
+                out = self.encode(chunk, with_attention=True)
+                surrogate = world * self.attn_weight * out.attn_sum / n_images
+                for k in REPS:
+                    n = len(out.reps[k])
+                    surrogate = surrogate + (out.reps[k] * grads[k][offsets[k]:offsets[k] + n]).sum()
+                    offsets[k] += n
+                acc.backward(surrogate)
+            attn_sum = attn_sum + out.attn_sum.detach()
+            replays.append(out)
+        return self._report(terms, attn_sum, n_images, replays)
+
+    def _report(self, terms: dict[str, torch.Tensor], attn_sum: torch.Tensor, n_images: int,
+                outs: list[ChunkOut]) -> dict[str, float]:
+        """Loss terms as floats, identical on every process (per-image sums reduced across processes)."""
+        record = {k: v.item() for k, v in terms.items()}
+        if self.attn_weight > 0:
+            record["loss_attn"] = self.accelerator.reduce(attn_sum.detach(), reduction="sum").item() / n_images
+        record["loss"] = (record["loss_nce"] + self.subject_weight * record.get("loss_subject", 0.0)
+                          + self.attn_weight * record.get("loss_attn", 0.0))
+        if self.attn_weight > 0:
+            mass = torch.tensor([sum(o.extras.get(k, 0.0) for o in outs) for k in ("mass_sum", "mass_count")],
+                                device=self.accelerator.device)
+            total, count = self.accelerator.reduce(mass, reduction="sum").tolist()
+            record["visual_attention_mass"] = total / max(count, 1.0)
+        return record
