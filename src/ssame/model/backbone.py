@@ -9,12 +9,13 @@ import torch
 from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ssame.model.attention import attention_implementation
 from ssame.model.inputs import IMAGE_PAD, VISION_END, VISION_START
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def tiny_config(tiny: dict[str, Any], tokenizer, attn_implementation: str) -> Qwen2VLConfig:
+def tiny_config(tiny: dict[str, Any], tokenizer, attn_implementation: str | dict[str, str]) -> Qwen2VLConfig:
     """A random-init Qwen2-VL config from params `model.tiny`, with token ids taken from the tokenizer."""
     text, vision = dict(tiny["text"]), dict(tiny["vision"])
     mrope = text.pop("mrope_section")
@@ -53,16 +54,18 @@ def load_backbone(params: dict[str, Any], data_dir: Path):
     with gradient checkpointing when `model.gradient_checkpointing`."""
     model_cfg = params["model"]
     dtype = DTYPES[model_cfg["dtype"]]
+    # sdpa / flash keep their kernels; the text model returns the pooled token's attention row on request
+    attn = attention_implementation(model_cfg["attn_implementation"], needs_weights=True)
     if model_cfg["backbone"] == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-        config = tiny_config(model_cfg["tiny"], tokenizer, model_cfg["attn_implementation"])
+        config = tiny_config(model_cfg["tiny"], tokenizer, attn)
         model = Qwen2VLForConditionalGeneration(config).to(dtype)
         processor = image_processor_for(params)
     else:
         source = model_cfg["backbone"]
         tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
         model = Qwen2VLForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, attn_implementation=model_cfg["attn_implementation"])
+            source, dtype=dtype, attn_implementation=attn)
         processor = image_processor_for(params, source)
     if model_cfg.get("gradient_checkpointing"):
         model.activation_checkpointing_enable()  # non-reentrant: adapters under frozen embeddings still get grads

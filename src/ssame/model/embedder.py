@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ssame.model.attention import attention_implementation
 from ssame.model.inputs import EncodedBatch
 from ssame.model.regen import FeatureRegenerator
 
@@ -54,9 +55,16 @@ class Embedder(nn.Module):
     def uses_saliency(self) -> bool:
         return self.regen is not None
 
-    def forward(self, batch: EncodedBatch, with_attention: bool = False, with_hidden: bool = False) -> EmbedOutput:
+    def forward(self, batch: EncodedBatch | list[EncodedBatch], with_attention: bool = False,
+                with_hidden: bool = False) -> EmbedOutput | list[EmbedOutput]:
         """Embeddings; optionally the pooled token's attention on, and the final hidden states of, each image's
-        visual tokens (for the saliency-guided objectives)."""
+        visual tokens (for the saliency-guided objectives). A list of batches is encoded batch by batch within
+        one call (DDP allows one forward call per backward; separate batches avoid padding them to one length)."""
+        if isinstance(batch, list):
+            return [self._encode(b, with_attention, with_hidden) for b in batch]
+        return self._encode(batch, with_attention, with_hidden)
+
+    def _encode(self, batch: EncodedBatch, with_attention: bool, with_hidden: bool) -> EmbedOutput:
         inputs = batch.inputs
         core = self.qwen.model
         kwargs: dict[str, Any] = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
@@ -79,7 +87,8 @@ class Embedder(nn.Module):
     def _visual_attention(self, attentions, batch: EncodedBatch) -> list[torch.Tensor]:
         """Last-token attention over each image's visual tokens, averaged over heads and the chosen layers."""
         if not attentions:
-            raise RuntimeError("the backbone returned no attention weights: set model.attn_implementation: eager")
+            raise RuntimeError("the backbone returned no attention weights: load it with "
+                               "ssame.model.attention.attention_implementation(...)")
         last = torch.stack([attentions[i][:, :, -1, :] for i in self.attn_layers]).mean(dim=(0, 2))  # (B, L)
         is_visual = batch.inputs["mm_token_type_ids"].bool()
         return [last[row][is_visual[row]] for row in batch.image_rows]
@@ -109,7 +118,7 @@ class Embedder(nn.Module):
             raise FileNotFoundError(f"not an ssame model folder (no {CONFIG_FILE}): {directory}")
         variant = json.loads(config_path.read_text())["variant"]
         backbone = Qwen2VLForConditionalGeneration.from_pretrained(
-            directory / "backbone", attn_implementation=attn_implementation)
+            directory / "backbone", attn_implementation=attention_implementation(attn_implementation, True))
         embedder = cls(backbone, variant)
         if embedder.regen is not None:
             state = load_file(directory / MODULES_FILE)

@@ -100,32 +100,35 @@ class Objective:
 
     # ---- encoding ------------------------------------------------------------------------------------------
     def encode(self, rows: pd.DataFrame, with_attention: bool) -> ChunkOut:
-        """Representations of `rows` (a chunk of this process's slice), from ONE forward pass over queries,
-        positives, hard negatives and subject phrases together (DDP requires one forward per backward)."""
+        """Representations of `rows` (a chunk of this process's slice): queries, positives, hard negatives and
+        subject phrases, in one embedder call (DDP requires one forward per backward)."""
         device, c = self.accelerator.device, len(rows)
         need_attn = with_attention and self.attn_weight > 0
-        need_hidden = self.subject_weight > 0
         negs = rows[rows["has_neg"]]
         subj = [(side, r) for side in ("qry", "pos") for r in range(c) if rows[f"{side}_subject"].iloc[r]]
-        texts = [*rows["qry"], *rows["pos_text"], *negs["neg_text"],
-                 *(rows[f"{side}_subject"].iloc[r] for side, r in subj)]
-        images = [*rows["qry_image_path"], *rows["pos_image_path"], *negs["neg_image_path"], *[""] * len(subj)]
-        batch = self.build(texts, images, self.store)
-        out = self.embedder(batch, with_attention=need_attn, with_hidden=need_hidden)
-        k, emb = len(negs), out.embeddings
-        reps = {"query": emb[:c], "pos": emb[c:2 * c], "neg": emb[2 * c:2 * c + k], "phrase": emb[2 * c + k:]}
-        image_of = {row: i for i, row in enumerate(batch.image_rows)}
-        saliency = [torch.as_tensor(s.ravel(), device=device) for s in (batch.saliency or [])]
+        groups = {"query": (rows["qry"], rows["qry_image_path"]), "pos": (rows["pos_text"], rows["pos_image_path"]),
+                  "neg": (negs["neg_text"], negs["neg_image_path"]),
+                  "phrase": ([rows[f"{side}_subject"].iloc[r] for side, r in subj], [""] * len(subj))}
+        groups = {k: v for k, v in groups.items() if len(v[0])}
+        batches = {k: self.build(list(texts), list(images), self.store) for k, (texts, images) in groups.items()}
+        outs = dict(zip(batches, self.embedder(list(batches.values()), with_attention=need_attn,
+                                               with_hidden=self.subject_weight > 0), strict=True))
+        empty = outs["query"].embeddings.new_zeros((0, outs["query"].embeddings.shape[1]))
+        reps = {k: outs[k].embeddings if k in outs else empty for k in ("query", "pos", "neg", "phrase")}
+        saliency = {k: [torch.as_tensor(s.ravel(), device=device) for s in (batches[k].saliency or [])]
+                    for k in ("query", "pos")}
         kl_sum, extras = torch.zeros((), device=device), {}
-        supervised = [i for i, row in enumerate(batch.image_rows) if row < 2 * c]
-        if need_attn and supervised:
-            attention = [out.visual_attention[i] for i in supervised]
-            kl_sum = saliency_attention_kl(attention, [saliency[i] for i in supervised], reduction="sum")
-            extras["mass_sum"] = torch.stack([a.detach().sum() for a in attention]).sum().item()
-            extras["mass_count"] = float(len(attention))
-        regions = [F.normalize(saliency_pool(out.visual_hidden[i], saliency[i]).float(), dim=-1)
-                   for i in (image_of[r + (c if side == "pos" else 0)] for side, r in subj)]
-        reps["region"] = torch.stack(regions) if regions else emb.new_zeros((0, emb.shape[1]))
+        attention = [a for k in ("query", "pos") for a in outs[k].visual_attention]
+        if need_attn and attention:
+            kl_sum = saliency_attention_kl(attention, saliency["query"] + saliency["pos"], reduction="sum")
+            extras = {"mass_sum": torch.stack([a.detach().sum() for a in attention]).sum().item(),
+                      "mass_count": float(len(attention))}
+        regions = []
+        for side, r in subj:
+            key = "query" if side == "qry" else "pos"
+            i = batches[key].image_rows.index(r)
+            regions.append(F.normalize(saliency_pool(outs[key].visual_hidden[i], saliency[key][i]).float(), dim=-1))
+        reps["region"] = torch.stack(regions) if regions else empty
         ids = {"pos": torch.tensor(rows["pos_id"].tolist(), dtype=torch.long, device=device),
                "neg": torch.tensor(negs["neg_id"].tolist(), dtype=torch.long, device=device),
                "region": torch.tensor([int(rows[f"{side}_subject_id"].iloc[r]) for side, r in subj],
