@@ -58,3 +58,20 @@ def test_cli_help_for_every_stage(capsys):
             main([stage, "--help"])
         assert exit_info.value.code == 0
         assert "--params" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("name", "kind", "processes"), [
+    ("cpu", "NO", 1), ("ddp_8gpu", "MULTI_GPU", 8), ("fsdp_8gpu", "FSDP", 8), ("zero2_8gpu", "DEEPSPEED", 8)])
+def test_accelerate_configs_parse_and_say_how_to_launch(repo, name, kind, processes):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = repo / "params" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.name == kind and config.num_processes == processes
+    assert "accelerate launch" in path.read_text().split("\ncompute_environment")[0]
+
+
+def test_paper_profile_points_at_an_existing_accelerate_config(repo):
+    params = load_params(repo / "params" / "paper.yaml")
+    assert (repo / params["train"]["accelerate_config"]).is_file()
+    assert params["model"]["lora"] and params["train"]["grad_cache_chunk_size"]

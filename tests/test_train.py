@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 import yaml
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 import mlflow
@@ -20,6 +21,8 @@ from ssame.config import Paths
 from ssame.evaluate import evaluate
 from ssame.tracking import tracking_uri
 from ssame.train import train
+from ssame.train.batches import training_rows
+from ssame.train.recipe import build_trainer, export_state, make_accelerator
 
 VOLATILE = {"train_seconds", "samples_per_second", "peak_memory_mib"}
 
@@ -121,3 +124,21 @@ def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(small, tmp_path
         {k: v for k, v in reference.items() if k not in VOLATILE}
     weights = _weights(small, "ssame-no-subject")
     assert all(torch.equal(reference_weights[k], v) for k, v in weights.items())
+
+
+def test_export_from_a_full_state_dict_matches_the_direct_save(small, tmp_path):
+    """The FSDP export path (rebuild on CPU, load the gathered state, merge LoRA) writes the same weights."""
+    small["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    set_seed(0)
+    accelerator = make_accelerator()
+    embedder, objective, optimizer, _, tokenizer, image_processor = build_trainer(small, "ssame", accelerator)
+    objective.backward(training_rows(Paths.from_params(small).data).head(8))
+    optimizer.step()
+    state = {k: v.detach().clone() for k, v in embedder.state_dict().items()}
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())
+    export_state(small, "ssame", state, tmp_path / "exported")
+    embedder.save(tmp_path / "direct", tokenizer, image_processor)
+    for part in ("backbone/model.safetensors", "ssame_modules.safetensors"):
+        direct, exported = load_file(tmp_path / "direct" / part), load_file(tmp_path / "exported" / part)
+        assert direct.keys() == exported.keys()
+        assert all(torch.equal(direct[k], exported[k]) for k in direct)

@@ -15,11 +15,13 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 SCORES = ["overall", "classification", "vqa", "retrieval", "grounding", "ind", "ood"]
+VARIANTS = ["baseline", "ssame", "ssame-no-attn", "ssame-no-regen", "ssame-no-subject"]
 
 
 def _small(params: dict) -> dict:
     params["data"]["mini"].update(train_rows_per_dataset=24, eval_queries_per_dataset=12)
     params["data"]["tokenizer"]["vocab_size"] = 320
+    assert params["train"]["variants"] == VARIANTS
     params["train"].update(seeds=[0], steps=12, batch_size=8, warmup_steps=2)
     params["saliency"]["quality"]["samples_per_dataset"] = 6
     return params
@@ -65,7 +67,7 @@ def first_run(project) -> dict:
 def test_tables_exist_with_scores_in_range(project, first_run):
     main = pd.read_csv(project / "reports" / "tables" / "main.csv")
     assert list(main.columns) == ["method", *SCORES]
-    assert sorted(main["method"]) == ["baseline", "ssame"]
+    assert sorted(main["method"]) == sorted(VARIANTS)
     assert main[SCORES].notna().all().all()
     assert ((main[SCORES] >= 0) & (main[SCORES] <= 100)).all().all()
     for name in ["ablation.csv", "ablation.md", "main.md", "per_dataset.csv", "saliency_quality.md"]:
@@ -86,7 +88,7 @@ def test_mlflow_runs_logged(project, first_run):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ssame-default"])
     assert sorted(runs["tags.mlflow.runName"]) == sorted(
-        f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in ["baseline", "ssame"])
+        f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)
     assert runs["metrics.overall"].dropna().between(0, 1).all()
     for run_id in runs["run_id"]:
         assert mlflow.artifacts.list_artifacts(run_id=run_id), f"run {run_id} logged no artifact"

@@ -10,11 +10,12 @@ import json
 import resource
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_linear_schedule_with_warmup
 
 from ssame.config import Paths
@@ -61,11 +62,35 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
     return embedder, objective, optimizer, scheduler, tokenizer, image_processor
 
 
+def export_state(params: dict[str, Any], variant_name: str, state: dict[str, torch.Tensor], model_dir: Path) -> None:
+    """Write a model folder from a full state dict (gathered from FSDP shards): rebuild the embedder on CPU, load
+    the state, save (merging LoRA). Main process only."""
+    paths = Paths.from_params(params)
+    backbone, tokenizer, image_processor = load_backbone(params, paths.data)
+    embedder = Embedder(backbone, params["variants"][variant_name], lora=params["model"].get("lora"))
+    embedder.load_state_dict(state)
+    embedder.save(model_dir, tokenizer, image_processor)
+
+
+def save_model(params: dict[str, Any], variant_name: str, accelerator: Accelerator, embedder, tokenizer,
+               image_processor, model_dir: Path) -> None:
+    """The final model folder, whatever the distribution strategy (all processes call this)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        state = accelerator.get_state_dict(embedder)  # collective: full parameters on the main process
+        if accelerator.is_main_process:
+            export_state(params, variant_name, state, model_dir)
+    elif accelerator.is_main_process:
+        accelerator.unwrap_model(embedder).save(model_dir, tokenizer, image_processor)
+
+
 def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, float]:
     """Train one (variant, seed); write the model folder and metrics.json; return the metrics."""
     paths, cfg = Paths.from_params(params), params["train"]
     set_seed(seed)
     accelerator = make_accelerator()
+    if cfg.get("grad_cache_chunk_size") and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("train.grad_cache_chunk_size: GradCache needs several backward passes per optimizer step, "
+                         "but accelerate steps a DeepSpeed engine on every backward; use the DDP or FSDP config")
     if cfg["batch_size"] % accelerator.num_processes:
         raise ValueError(f"train.batch_size {cfg['batch_size']} is not divisible by "
                          f"{accelerator.num_processes} processes")
@@ -114,11 +139,11 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
         metrics |= {"steps": cfg["steps"], "train_seconds": seconds,
                     "samples_per_second": cfg["steps"] * cfg["batch_size"] / seconds,
                     "peak_memory_mib": peak_memory_mib(accelerator.device)}
+        model_dir = paths.model(variant_name, seed)
+        save_model(params, variant_name, accelerator, embedder, tokenizer, image_processor, model_dir)
         if main:
             logger.flush()
             mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-            model_dir = paths.model(variant_name, seed)
-            accelerator.unwrap_model(embedder).save(model_dir, tokenizer, image_processor)
             paths.train_metrics(variant_name, seed).write_text(json.dumps(metrics, indent=2) + "\n")
             mlflow.log_artifact(str(paths.train_metrics(variant_name, seed)))
             mlflow.log_artifact(str(model_dir / CONFIG_FILE))

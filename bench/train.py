@@ -1,0 +1,114 @@
+"""Benchmark: training-step throughput of our loop vs a plain transformers `Trainer`, same tiny model and batch.
+
+Usage: python bench/train.py [--params params/default.yaml] [--steps 30] [--batch 16]
+Needs the data stage's output. Both sides train the `baseline` variant (InfoNCE over in-batch negatives, no
+saliency, no hard negatives) from the same seeded init with AdamW + linear schedule, one thread, after the same
+warm-up steps (which also fill the image cache). Prints samples/s of each and the ratio (target >= 1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ssame.config import Paths, load_params
+from ssame.losses import info_nce
+from ssame.train.batches import batch_indices, training_rows
+from ssame.train.recipe import build_trainer, make_accelerator
+
+WARMUP = 5
+
+
+class _Timer(TrainerCallback):
+    """Wall time of the steps after the warm-up."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == WARMUP:
+            self.start = time.perf_counter()
+
+
+class _Contrastive(nn.Module):
+    """The embedder with the InfoNCE loss in `forward`, the form `Trainer` expects."""
+
+    def __init__(self, embedder: nn.Module, temperature: float):
+        super().__init__()
+        self.embedder, self.temperature = embedder, temperature
+
+    def forward(self, qry, pos, target_ids):
+        q, p = self.embedder([qry, pos])
+        return {"loss": info_nce(q.embeddings, p.embeddings, self.temperature, target_ids)}
+
+
+def ours(params: dict, steps: int) -> float:
+    set_seed(0)
+    _, objective, optimizer, scheduler, _, _ = build_trainer(params, "baseline", make_accelerator())
+    rows = training_rows(Paths.from_params(params).data)
+    batches = batch_indices(len(rows), params["train"]["batch_size"], 0)
+    for step in range(WARMUP + steps):
+        if step == WARMUP:
+            start = time.perf_counter()
+        objective.backward(rows.iloc[next(batches)])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return steps * params["train"]["batch_size"] / (time.perf_counter() - start)
+
+
+def hf_trainer(params: dict, steps: int) -> float:
+    set_seed(0)
+    cfg = params["train"]
+    embedder, objective, *_ = build_trainer(params, "baseline", make_accelerator())
+    rows = training_rows(Paths.from_params(params).data)
+    records = rows.to_dict("records")
+
+    def collate(batch: list[dict]) -> dict:
+        build = objective.build
+        return {"qry": build([r["qry"] for r in batch], [r["qry_image_path"] for r in batch]),
+                "pos": build([r["pos_text"] for r in batch], [r["pos_image_path"] for r in batch]),
+                "target_ids": torch.tensor([r["target_id"] for r in batch])}
+
+    timer = _Timer()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=cfg["batch_size"], max_steps=WARMUP + steps,
+            learning_rate=cfg["lr"], weight_decay=cfg["weight_decay"], warmup_steps=cfg["warmup_steps"],
+            lr_scheduler_type="linear", report_to=[], save_strategy="no", logging_strategy="no",
+            use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, seed=0, disable_tqdm=True,
+            max_grad_norm=0.0)  # our loop does not clip: same work on both sides
+        trainer = Trainer(model=_Contrastive(embedder, cfg["temperature"]), args=args, train_dataset=records,
+                          data_collator=collate, callbacks=[timer])
+        trainer.train()
+    return steps * cfg["batch_size"] / (time.perf_counter() - timer.start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params/default.yaml")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: train.batch_size)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    params = load_params(args.params)
+    params = copy.deepcopy(params)
+    params["train"].update(hard_negatives=False, grad_cache_chunk_size=None, checkpoint_every=None)
+    if args.batch:
+        params["train"]["batch_size"] = args.batch
+    ours_sps, hf_sps = ours(params, args.steps), hf_trainer(params, args.steps)
+    print(f"batch {params['train']['batch_size']}, {args.steps} timed steps after {WARMUP} warm-up")
+    print(f"ssame loop          : {ours_sps:7.1f} samples/s")
+    print(f"transformers Trainer: {hf_sps:7.1f} samples/s")
+    print(f"ratio ours / Trainer: {ours_sps / hf_sps:.2f}x (target >= 1.0x)")
+
+
+if __name__ == "__main__":
+    main()
