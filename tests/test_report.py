@@ -12,7 +12,7 @@ from PIL import Image
 
 from ssame.report import OUTPUT_FILES, build
 from ssame.report.tables import SCORE_COLUMNS, SUMMARY_LABEL
-from ssame.saliency.store import write_shard
+from ssame.saliency.store import write_shard, write_subjects
 
 VARIANTS = ["baseline", "ssame"]
 SEEDS = [0, 1]
@@ -59,6 +59,7 @@ def _write_inputs(results: Path) -> None:
                 Image.fromarray(pixels).save(data / root / image)
         maps = np.random.default_rng(index).random((len(images), MAP_SIZE, MAP_SIZE)).astype(np.float16)
         write_shard(shards / f"{name}.npz", dict(zip(images, maps, strict=True)), {}, MAP_SIZE)
+        write_subjects(shards / f"{name}.subjects.jsonl", [])
     shard_names = [name for name in DATASETS if name != "TextRet"]
     (results / "saliency" / "manifest.json").write_text(json.dumps({"shards": shard_names}))
     pd.DataFrame({"method": ["fusion", "fusion", "uniform"], "dataset": ["ShapeCls", "ShapeVQA", "ShapeCls"],

@@ -7,7 +7,7 @@ from ssame.saliency.colour import ColourTerms
 from ssame.saliency.experts import EXPERTS, build_expert, normalise, read_image
 from ssame.saliency.fusion import Fusion, fuse
 from ssame.saliency.quality import auc, iou_top, pointing
-from ssame.saliency.store import SaliencyStore, write_shard
+from ssame.saliency.store import SaliencyStore, write_shard, write_subjects
 from ssame.saliency.subjects import LexiconSubjects
 
 SQUARE = (slice(16, 32), slice(24, 40))  # where conftest's image_dir draws the red square in img0.png
@@ -104,8 +104,12 @@ def test_store_pairs_override_image_maps_and_resize(tmp_path):
     image_map[:4, :4] = 1.0
     pair_map = 1.0 - image_map
     write_shard(shards / "A.npz", {"x/a.png": image_map}, {("the red circle", "x/a.png"): pair_map}, 8)
+    write_subjects(shards / "A.subjects.jsonl", [("the red circle", "x/a.png", ["red circle", "circle"]),
+                                                 ("other text", "x/a.png", [])])
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["A"]}))
     store = SaliencyStore(tmp_path)
+    assert store.subject("the red circle", "x/a.png") == "red circle"
+    assert store.subject("other text", "x/a.png") is None
     assert "x/a.png" in store
     np.testing.assert_array_equal(store.map("x/a.png"), image_map)
     np.testing.assert_array_equal(store.map("x/a.png", text="other text"), image_map)
@@ -118,5 +122,15 @@ def test_store_pairs_override_image_maps_and_resize(tmp_path):
 def test_empty_shard_loads(tmp_path):
     (tmp_path / "shards").mkdir()
     write_shard(tmp_path / "shards" / "T.npz", {}, {}, 8)
+    write_subjects(tmp_path / "shards" / "T.subjects.jsonl", [])
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["T"]}))
     assert "any.png" not in SaliencyStore(tmp_path)
+
+
+def test_store_names_a_corrupt_subjects_file(tmp_path):
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards" / "T.npz", {}, {}, 8)
+    (tmp_path / "shards" / "T.subjects.jsonl").write_text('{"text": "a", "image_path": "b.png"}\n')
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["T"]}))
+    with pytest.raises(ValueError, match=r"T\.subjects\.jsonl:1"):
+        SaliencyStore(tmp_path)

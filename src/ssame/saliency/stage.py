@@ -16,7 +16,7 @@ from ssame.data.io import eval_path, image_root, read_eval, read_manifest, read_
 from ssame.saliency.experts import build_expert, read_image
 from ssame.saliency.fusion import Fusion
 from ssame.saliency.quality_report import score_experts
-from ssame.saliency.store import write_shard
+from ssame.saliency.store import write_shard, write_subjects
 from ssame.saliency.subjects import build_subjects
 
 BATCH = 64
@@ -69,10 +69,7 @@ def _shard(dataset: str, pairs: list[tuple[str, str]], subjects, fusion: Fusion,
            size: int, out: Path) -> dict[str, int]:
     texts = list(dict.fromkeys(t for t, _ in pairs if t.strip()))
     phrases = dict(zip(texts, subjects(texts), strict=True))
-    with open(out / f"{dataset}.subjects.jsonl", "w") as handle:
-        for text, image in pairs:
-            if text.strip():
-                handle.write(json.dumps({"text": text, "image_path": image, "subjects": phrases[text]}) + "\n")
+    write_subjects(out / f"{dataset}.subjects.jsonl", [(t, i, phrases[t]) for t, i in pairs if t.strip()])
 
     def resize(sal: np.ndarray) -> np.ndarray:
         return cv2.resize(sal, (size, size), interpolation=cv2.INTER_AREA)

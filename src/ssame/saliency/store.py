@@ -32,6 +32,13 @@ def write_shard(path: Path, maps: dict[str, np.ndarray], pair_maps: dict[tuple[s
         pair_maps=stack([pair_maps[k] for k in pairs]))
 
 
+def write_subjects(path: Path, pairs: list[tuple[str, str, list[str]]]) -> None:
+    """One dataset's `<dataset>.subjects.jsonl`: (text, image path, subject phrases) per pair."""
+    with open(path, "w") as handle:
+        for text, image, phrases in pairs:
+            handle.write(json.dumps({"text": text, "image_path": image, "subjects": phrases}) + "\n")
+
+
 class SaliencyStore:
     """Read-only access to the saliency stage's maps, by image path and, where one exists, by (text, image) pair."""
 
