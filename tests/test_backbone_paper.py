@@ -46,7 +46,8 @@ def test_pretrained_backbone_is_bf16_sdpa_with_checkpointing(hub_params):
     assert model.config.vision_config._attn_implementation == "sdpa"
     assert model.is_gradient_checkpointing
     assert tokenizer.padding_side == "left"
-    assert processor.min_pixels == processor.max_pixels == hub_params["model"]["image_pixels"]
+    pixels = hub_params["model"]["image_pixels"]
+    assert processor.size.shortest_edge == processor.size.longest_edge == pixels  # min = max pixels
 
 
 def test_paper_path_trains_adapters_in_bf16_with_every_loss_term(hub_params):

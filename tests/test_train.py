@@ -131,9 +131,12 @@ def test_export_from_a_full_state_dict_matches_the_direct_save(small, tmp_path):
     small["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     set_seed(0)
     accelerator = make_accelerator()
-    embedder, objective, optimizer, _, tokenizer, image_processor = build_trainer(small, "ssame", accelerator)
-    objective.backward(training_rows(Paths.from_params(small).data).head(8))
-    optimizer.step()
+    embedder, objective, optimizer, scheduler, tokenizer, image_processor = build_trainer(small, "ssame", accelerator)
+    for _ in range(2):  # the warm-up schedule's first step has lr 0
+        objective.backward(training_rows(Paths.from_params(small).data).head(8))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
     state = {k: v.detach().clone() for k, v in embedder.state_dict().items()}
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())
     export_state(small, "ssame", state, tmp_path / "exported")

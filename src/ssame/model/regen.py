@@ -24,6 +24,7 @@ class FeatureRegenerator(nn.Module):
         """tokens (n, d), saliency (n,) >= 0 -> regenerated tokens (n, d)."""
         if saliency.shape != tokens.shape[:1]:
             raise ValueError(f"saliency has {tuple(saliency.shape)} values for {tokens.shape[0]} visual tokens")
-        s = (saliency / saliency.max().clamp_min(1e-6)).to(tokens.dtype)[:, None]
+        x = tokens.to(self.gamma.dtype)  # fp32 master weights under a bf16 backbone: compute here, cast back
+        s = (saliency / saliency.max().clamp_min(1e-6)).to(x.dtype)[:, None]
         gain = 1 + torch.tanh(self.gamma) * (2 * s - 1)
-        return tokens * gain + torch.tanh(self.delta) * s * self.mlp(tokens)
+        return (x * gain + torch.tanh(self.delta) * s * self.mlp(x)).to(tokens.dtype)
