@@ -1,4 +1,4 @@
-"""Subject phrases of a text: the offline `lexicon` backend (an LMM backend lands with step 2)."""
+"""Subject phrases of a text: the offline `lexicon` backend, or the `lmm` backend (`lmm_subjects.py`)."""
 
 from __future__ import annotations
 

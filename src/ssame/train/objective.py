@@ -74,9 +74,10 @@ class Objective:
         if (self.attn_weight > 0 or self.subject_weight > 0) and store is None:
             raise ValueError("the attention and subject objectives need the saliency stage's maps")
 
-    # ---- one global batch -> annotated rows --------------------------------------------------------------
+    # ---- training rows -> annotated rows ------------------------------------------------------------------
     def annotate(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Add the ids and subject phrases the loss needs; identical on every process (it sees the global batch)."""
+        """Add the ids and subject phrases the loss needs (deterministic, so identical on every process). Call it
+        once on the whole training table; `backward` annotates a batch itself only if that was not done."""
         rows = batch.reset_index(drop=True).copy()
         keys = pd.concat([rows["pos_text"] + "\x00" + rows["pos_image_path"],
                           rows["neg_text"] + "\x00" + rows["neg_image_path"]], ignore_index=True)
@@ -105,10 +106,12 @@ class Objective:
         device, c = self.accelerator.device, len(rows)
         need_attn = with_attention and self.attn_weight > 0
         negs = rows[rows["has_neg"]]
-        subj = [(side, r) for side in ("qry", "pos") for r in range(c) if rows[f"{side}_subject"].iloc[r]]
+        subjects = {side: rows[f"{side}_subject"].tolist() for side in ("qry", "pos")}
+        subject_ids = {side: rows[f"{side}_subject_id"].tolist() for side in ("qry", "pos")}
+        subj = [(side, r) for side in ("qry", "pos") for r in range(c) if subjects[side][r]]
         groups = {"query": (rows["qry"], rows["qry_image_path"]), "pos": (rows["pos_text"], rows["pos_image_path"]),
                   "neg": (negs["neg_text"], negs["neg_image_path"]),
-                  "phrase": ([rows[f"{side}_subject"].iloc[r] for side, r in subj], [""] * len(subj))}
+                  "phrase": ([subjects[side][r] for side, r in subj], [""] * len(subj))}
         groups = {k: v for k, v in groups.items() if len(v[0])}
         batches = {k: self.build(list(texts), list(images), self.store) for k, (texts, images) in groups.items()}
         outs = dict(zip(batches, self.embedder(list(batches.values()), with_attention=need_attn,
@@ -131,7 +134,7 @@ class Objective:
         reps["region"] = torch.stack(regions) if regions else empty
         ids = {"pos": torch.tensor(rows["pos_id"].tolist(), dtype=torch.long, device=device),
                "neg": torch.tensor(negs["neg_id"].tolist(), dtype=torch.long, device=device),
-               "region": torch.tensor([int(rows[f"{side}_subject_id"].iloc[r]) for side, r in subj],
+               "region": torch.tensor([int(subject_ids[side][r]) for side, r in subj],
                                       dtype=torch.long, device=device)}
         return ChunkOut(reps, ids, kl_sum, extras)
 
@@ -155,7 +158,7 @@ class Objective:
         """Accumulate the gradient of the global batch's loss into the model; return the loss terms."""
         acc = self.accelerator
         world, rank = acc.num_processes, acc.process_index
-        rows = self.annotate(global_batch)
+        rows = global_batch if "pos_id" in global_batch else self.annotate(global_batch)
         if len(rows) % world:
             raise ValueError(f"global batch of {len(rows)} rows is not divisible by {world} processes")
         local = len(rows) // world

@@ -55,7 +55,7 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
     store = SaliencyStore(paths.saliency) if uses_store else None
     build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"], cache_images=True)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
     embedder, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
     objective = Objective(embedder, build, store, variant, cfg, accelerator)
@@ -96,7 +96,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
                          f"{accelerator.num_processes} processes")
     embedder, objective, optimizer, scheduler, tokenizer, image_processor = build_trainer(
         params, variant_name, accelerator)
-    rows = training_rows(paths.data)
+    rows = objective.annotate(training_rows(paths.data))
     batches = batch_indices(len(rows), cfg["batch_size"], seed)
     ckpt_dir, every = paths.checkpoints(variant_name, seed), cfg.get("checkpoint_every") or 0
     history: list[dict[str, float]] = []
