@@ -5,6 +5,8 @@
 import yaml
 from snakemake.utils import min_version, validate
 
+from ssame.config import variant_uses_saliency
+
 min_version("9.0")
 
 PARAMS_FILE = config.get("params", "params/default.yaml")
@@ -20,6 +22,11 @@ SEEDS = P["train"]["seeds"]
 wildcard_constraints:
     variant="|".join(VARIANTS),
     seed=r"\d+",
+
+def saliency_if_used(wildcards):
+    """The saliency manifest for variants that read it; [] lets baseline jobs start while saliency runs."""
+    return rules.saliency.output.manifest if variant_uses_saliency(P["variants"][wildcards.variant]) else []
+
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/saliency.smk"

@@ -1,7 +1,7 @@
 rule evaluate:
     input:
         model=rules.train.output.model,
-        saliency=rules.saliency.output.manifest,
+        saliency=saliency_if_used,
     output:
         aggregate=f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json",
         scores=directory(f"{R}/eval/{{variant}}/seed{{seed}}/scores"),

@@ -1,7 +1,7 @@
 rule train:
     input:
         data=rules.data.output.manifest,
-        saliency=rules.saliency.output.manifest,
+        saliency=saliency_if_used,
     output:
         model=directory(f"{R}/train/{{variant}}/seed{{seed}}/model"),
         metrics=f"{R}/train/{{variant}}/seed{{seed}}/metrics.json",

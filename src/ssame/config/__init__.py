@@ -44,6 +44,13 @@ def validate_params(params: dict[str, Any], source: str = "params") -> None:
             raise ParamsError(f"{source}: model.backbone 'tiny' needs 'data.tokenizer' (a tokenizer trained offline)")
 
 
+def variant_uses_saliency(variant: dict[str, Any]) -> bool:
+    """Whether training a variant reads the saliency stage's output (regeneration, attention or subject terms);
+    the workflow makes only those jobs wait for that stage."""
+    return bool(variant["feature_regen"] or variant["attn_loss_weight"] > 0
+                or variant.get("subject_loss_weight", 0) > 0)
+
+
 def load_params(path: str | Path) -> dict[str, Any]:
     """Read and validate a params YAML file."""
     path = Path(path)

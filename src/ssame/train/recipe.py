@@ -18,7 +18,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_linear_schedule_with_warmup
 
-from ssame.config import Paths
+from ssame.config import Paths, variant_uses_saliency
 from ssame.data.io import image_root
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.embedder import CONFIG_FILE
@@ -51,8 +51,7 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
     variant = params["variants"][variant_name]
     backbone, tokenizer, image_processor = load_backbone(params, paths.data)
     embedder = Embedder(backbone, variant, lora=params["model"].get("lora"))
-    uses_store = embedder.uses_saliency or variant["attn_loss_weight"] > 0 or variant.get("subject_loss_weight", 0) > 0
-    store = SaliencyStore(paths.saliency) if uses_store else None
+    store = SaliencyStore(paths.saliency) if variant_uses_saliency(variant) else None
     build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"], cache_images=True)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
