@@ -42,14 +42,10 @@ class ChunkOut:
 
 
 @contextmanager
-def _replay(state: torch.Tensor | None) -> Iterator[None]:
+def _replay(state: tuple[torch.Tensor, list[torch.Tensor]]) -> Iterator[None]:
     """Run with the CPU/CUDA RNG set to `state` (recorded in GradCache's first pass), restoring it afterwards."""
-    if state is None:
-        yield
-        return
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        cpu, cuda = state
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=list(range(len(cuda)))):
         torch.set_rng_state(cpu)
         if cuda:
             torch.cuda.set_rng_state_all(cuda)

@@ -10,6 +10,7 @@ import json
 import resource
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
     run_name = f"train/{variant_name}/seed{seed}"
     tags = {"stage": "train", "variant": variant_name, "seed": str(seed)}
     main = accelerator.is_main_process
-    with mlflow_run(params, run_name, tags, run_id=run_id) if main else _no_run() as mlflow:
+    with mlflow_run(params, run_name, tags, run_id=run_id) if main else nullcontext() as mlflow:
         logger = StepLogger(mlflow) if main else None
         begin = time.perf_counter() - elapsed
         for step in range(start_step + 1, cfg["steps"] + 1):
@@ -150,12 +151,3 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
     accelerator.wait_for_everyone()
     return metrics
 
-
-class _no_run:
-    """Stand-in for `mlflow_run` on non-main processes: only the main process logs."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
