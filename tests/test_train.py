@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 import torch
 import yaml
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-import mlflow
 from ssame import data
 from ssame.config import Paths
 from ssame.evaluate import evaluate
