@@ -98,6 +98,11 @@ def test_resource_table():
     assert len(table) == 36 and (table["split"] == "IND").sum() == 20
     assert table.loc["ImageNet-1K", "train_config"] == "ImageNet_1K"
     assert (table.loc[table["split"] == "OOD", "train_config"] == "").all()
+    assert (table["split"] == "OOD").sum() == 16 and (table["qry_instruction"] != "").all()
+    assert set(table["qry_modality"]) | set(table["tgt_modality"]) == {"image", "text", "image+text"}
+    assert not table["qry_instruction"].str.endswith(".").any()
+    # a target with text beyond its label/caption carries an instruction; bare-label targets do not
+    assert ((table["tgt_instruction"] == "") == (table["tgt_modality"] == "text")).all()
 
 
 def test_hub_end_to_end(mirror):

@@ -1,9 +1,30 @@
+"""The evaluate stage: protocol metrics, encode-once, saved files, resume, sharding and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from ssame.evaluate import hit_at_1
+import ssame.evaluate as ev
+from ssame.config import Paths
+from ssame.data import io
+from ssame.evaluate import evaluate, outputs
 from ssame.evaluate.aggregate import aggregate
+from ssame.evaluate.interpret import figures
+from ssame.evaluate.metrics import rank_candidates, ranking_metrics
+from ssame.train import train
 
 MANIFEST = pd.DataFrame({
     "dataset": ["A", "B", "C", "D"],
@@ -25,12 +46,184 @@ def test_aggregate_unknown_dataset():
         aggregate({"Z": 0.1}, MANIFEST)
 
 
-def test_hit_at_1_ground_truth_at_index_zero_and_first_max_wins():
-    frame = pd.DataFrame({"qry_text": ["q0", "q1", "q2"], "qry_img_path": ["", "", ""],
-                          "tgt_text": [["a", "b"], ["b", "a"], ["a", "c"]],
-                          "tgt_img_path": [["", ""], ["", ""], ["", ""]]})
-    queries = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    cands = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # a, b, c (c ties with a)
-    q_index = {("q0", ""): 0, ("q1", ""): 1, ("q2", ""): 2}
-    c_index = {("a", ""): 0, ("b", ""): 1, ("c", ""): 2}
-    assert hit_at_1(frame, queries, q_index, cands, c_index) == [1, 0, 1]
+def test_rank_puts_the_ground_truth_first_on_a_tie_like_argmax():
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.1])
+    rank, ranking = rank_candidates(scores)
+    assert rank == 2 and ranking == [1, 0, 2, 3]
+    assert rank_candidates(torch.tensor([0.3, 0.3, 0.2]))[0] == 1  # np.argmax returns the first maximum
+    assert int(np.argmax([0.3, 0.3, 0.2])) == 0
+
+
+def test_ranking_metrics_match_their_definitions():
+    ranks = np.array([1, 2, 6, 11])
+    m = ranking_metrics(ranks)
+    assert m["hit_at_1"] == 0.25 and m["hit_at_5"] == 0.5 and m["hit_at_10"] == 0.75
+    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 6 + 1 / 11) / 4)
+    assert m["ndcg_at_5"] == pytest.approx((1 + 1 / math.log2(3)) / 4)
+    with pytest.raises(ValueError):
+        ranking_metrics(np.array([0]))
+
+
+def test_pointing_game_and_mask_share():
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2, :2] = True  # the top-left cell of a 2x2 token grid
+    peaked = torch.tensor([0.5, 0.1, 0.1, 0.1])
+    f = figures(peaked, (2, 2), mask)
+    assert f["pointing_game"] == 1.0 and f["mask_share"] == pytest.approx(0.5 / 0.8)
+    assert f["visual_attention_mass"] == pytest.approx(0.8) and f["pointing_chance"] == 0.25
+    assert figures(torch.tensor([0.1, 0.4, 0.1, 0.1]), (2, 2), mask)["pointing_game"] == 0.0
+    assert math.isnan(figures(peaked, (2, 2), None)["pointing_game"])
+    with pytest.raises(ValueError, match="2x3"):
+        figures(peaked, (2, 3), mask)
+
+
+# --- bad input: each error names the dataset and the row ----------------------------------------------------------
+
+def _write_eval(data_dir, dataset: str, rows: dict) -> None:
+    path = io.eval_path(data_dir, dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), path)
+
+
+GOOD = {"qry_text": ["q0", "q1"], "qry_img_path": ["", ""], "tgt_text": [["a", "b"], ["c", "d"]],
+        "tgt_img_path": [["", ""], ["", ""]]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tgt_text": [["a", "b"], []], "tgt_img_path": [["", ""], []]}, "row 1 .*empty candidate list"),
+    ({"tgt_text": [["a", "b"], ["c", "c"]]}, "row 1 repeats its ground truth .*\\[1\\]"),
+    ({"tgt_img_path": [["", ""], [""]]}, "row 1 is ragged: 2 tgt_text vs 1 tgt_img_path"),
+])
+def test_malformed_eval_rows_are_refused_naming_dataset_and_row(tmp_path, change, message):
+    _write_eval(tmp_path, "Bad", GOOD | change)
+    with pytest.raises(io.DataFormatError, match=f"dataset Bad .*{message}"):
+        io.read_eval(tmp_path, "Bad")
+
+
+def test_missing_image_names_dataset_row_and_column(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "x.png").write_bytes(b"")
+    frame = pd.DataFrame({"qry_text": ["q", "q"], "qry_img_path": ["x.png", "x.png"],
+                          "tgt_text": [["a", "b"], ["a", "b"]], "tgt_img_path": [["", ""], ["", "gone.png"]]})
+    with pytest.raises(io.DataFormatError, match=r"dataset Bad: row 1 column 'tgt_img_path' image 'gone\.png'"):
+        ev.check_images(frame, tmp_path / "images", "Bad")
+
+
+# --- the stage on a trained tiny model -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(small_built) -> dict:
+    params = copy.deepcopy(small_built)
+    train(params, "ssame", 0)
+    return params
+
+
+def _files(eval_dir) -> dict[str, bytes]:
+    return {str(p.relative_to(eval_dir)): p.read_bytes() for p in sorted(eval_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained) -> tuple[dict, dict[str, bytes]]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process of the sharded run below
+    try:
+        summary = evaluate(trained, "ssame", 0)
+    finally:
+        torch.set_num_threads(threads)
+    return summary, _files(Paths.from_params(trained).eval("ssame", 0))
+
+
+def test_files_per_dataset_and_encode_once(trained, evaluated):
+    summary, _ = evaluated
+    paths = Paths.from_params(trained)
+    manifest = io.read_manifest(paths.data)
+    eval_dir = paths.eval("ssame", 0)
+    assert summary["forward_ratio"] == 1.0
+    references = 0
+    for name in manifest["dataset"]:
+        record = json.loads(outputs.scores_path(eval_dir, name).read_text())
+        frame = io.read_eval(paths.data, name)
+        unique_q = len(set(zip(frame["qry_text"], frame["qry_img_path"], strict=True)))
+        assert record["num_queries"] == len(frame) and record["unique_queries"] == unique_q
+        assert record["forward_passes"] == record["unique_queries"] + record["unique_candidates"]
+        assert record["input_references"] >= record["forward_passes"]
+        references += record["input_references"]
+        lo, hi = summary["ci95"]["per_dataset"][name]
+        assert lo <= record["hit_at_1"] <= hi
+        predictions = outputs.read_predictions(eval_dir, name)
+        assert record["hit_at_1"] == predictions["correct"].mean()
+        assert record["mrr"] == pytest.approx((1 / predictions["rank"]).mean())
+        assert summary["per_dataset"][name] == record["hit_at_1"]
+    forwards = sum(json.loads(outputs.scores_path(eval_dir, n).read_text())["forward_passes"]
+                   for n in manifest["dataset"])
+    assert references > 1.5 * forwards  # class labels and answers repeat across rows: each is encoded once
+    assert summary["overall"] == pytest.approx(np.mean(list(summary["per_dataset"].values())))
+    assert summary["ci95"]["overall"][0] <= summary["overall"] <= summary["ci95"]["overall"][1]
+    assert not (paths.results / "cache" / "eval" / "ssame" / "seed0").exists()
+
+
+def test_scores_recompute_from_the_saved_embeddings_and_keys(trained, evaluated):
+    """What docs/evaluation.md tells others to do: join rows to embedding rows by key, cosine, rank."""
+    paths = Paths.from_params(trained)
+    eval_dir = paths.eval("ssame", 0)
+    for name in io.read_manifest(paths.data)["dataset"]:
+        tensors = load_file(outputs.embeddings_path(eval_dir, name))
+        keys = pd.read_parquet(outputs.keys_path(eval_dir, name))
+        index = {(s, t, p): i for s, i, t, p in keys[["side", "index", "text", "image_path"]].itertuples(index=False)}
+        frame = io.read_eval(paths.data, name)
+        for row, rec in enumerate(frame.itertuples()):
+            q = tensors["query"][index[("query", rec.qry_text, rec.qry_img_path)]]
+            c = tensors["candidate"][[index[("candidate", t, p)] for t, p in zip(rec.tgt_text, rec.tgt_img_path,
+                                                                                 strict=True)]]
+            scores = (c @ q).numpy()
+            assert int((scores > scores[0]).sum()) + 1 == outputs.read_predictions(eval_dir, name)["rank"][row]
+
+
+def test_interpretability_on_images_with_masks(evaluated):
+    summary, _ = evaluated
+    figures_ = summary["interpretability"]
+    assert 0 < figures_["visual_attention_mass"] <= 1
+    assert 0 <= figures_["pointing_game"] <= 1 and 0 < figures_["pointing_chance"] < 1
+    assert 0 <= figures_["mask_share"] <= 1
+
+
+def test_an_interrupted_evaluation_resumes_from_the_cache(trained, evaluated, monkeypatch):
+    _, expected = evaluated
+    eval_dir = Paths.from_params(trained).eval("ssame", 0)
+    shutil.rmtree(eval_dir)
+    calls = {"encode": 0, "rank": 0}
+    real_encode, real_rank = ev.encode, ev.rank_rows
+
+    def counting_encode(*args, **kwargs):
+        calls["encode"] += 1
+        return real_encode(*args, **kwargs)
+
+    def failing_rank(*args, **kwargs):
+        calls["rank"] += 1
+        if calls["rank"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_rank(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "encode", counting_encode)
+    monkeypatch.setattr(ev, "rank_rows", failing_rank)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(trained, "ssame", 0)
+    assert calls["encode"] == 4  # two datasets, both sides, cached before the interruption
+    monkeypatch.setattr(ev, "rank_rows", real_rank)
+    calls["encode"] = 0
+    evaluate(trained, "ssame", 0)
+    n = len(io.read_manifest(Paths.from_params(trained).data))
+    assert calls["encode"] == 2 * (n - 2)
+    assert _files(eval_dir) == expected
+
+
+def test_two_processes_write_identical_files(trained, evaluated, tmp_path):
+    _, expected = evaluated
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps(trained))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "ssame", "evaluate", "--params", str(params_file), "--variant", "ssame", "--seed", "0",
+           "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _files(Paths.from_params(trained).eval("ssame", 0)) == expected

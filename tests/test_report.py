@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ssame.data.hub import mmeb_datasets
+from ssame.evaluate.aggregate import PUBLISHED_SUMMARY, published_aggregates
+from ssame.evaluate.outputs import write_predictions
+from ssame.evaluate.stats import bootstrap_aggregates, paired_bootstrap_groups
 from ssame.report import OUTPUT_FILES, build
-from ssame.report.tables import SCORE_COLUMNS, SUMMARY_LABEL
+from ssame.report.tables import (
+    INTERPRETABILITY,
+    PER_DATASET_SOURCE,
+    SCORE_COLUMNS,
+    SUMMARY_LABEL,
+    benchmark_label,
+)
 from ssame.saliency.store import write_shard, write_subjects
 
 VARIANTS = ["baseline", "ssame"]
@@ -22,6 +33,8 @@ DATASETS = {
     "TextRet": ("retrieval", "IND"),
 }
 IMAGE_SIZE, MAP_SIZE = 24, 8
+QUERIES = 40  # rows of each predictions file (independent of the small eval parquets the figures read)
+BOOTSTRAP = {"samples": 200, "seed": 3}
 
 
 def _scores(variant: str, seed: int) -> dict[str, float]:
@@ -30,14 +43,29 @@ def _scores(variant: str, seed: int) -> dict[str, float]:
     return {key: float(value) for key, value in zip(SCORE_COLUMNS, values, strict=True)}
 
 
+def _figures(variant: str, seed: int) -> dict[str, float | None]:
+    rng = np.random.default_rng([VARIANTS.index(variant), seed, 99])
+    return dict(zip(INTERPRETABILITY, [*rng.uniform(0.0, 1.0, 3).tolist(), None], strict=True))
+
+
+def _ranks(variant: str, seed: int, dataset: str) -> np.ndarray:
+    """1-based ranks of one predictions file; the ssame variant ranks the ground truth first more often."""
+    rng = np.random.default_rng([VARIANTS.index(variant), seed, list(DATASETS).index(dataset)])
+    return np.where(rng.random(QUERIES) < 0.4 + 0.3 * VARIANTS.index(variant), 1, rng.integers(2, 5, QUERIES))
+
+
 def _write_inputs(results: Path) -> None:
     for variant in VARIANTS:
         for seed in SEEDS:
             per_dataset = dict(zip(DATASETS, _scores(variant, seed + 7).values(), strict=False))
-            record = {"variant": variant, "seed": seed, **_scores(variant, seed), "per_dataset": per_dataset}
+            record = {"variant": variant, "seed": seed, **_scores(variant, seed), "per_dataset": per_dataset,
+                      "interpretability": _figures(variant, seed)}
             path = results / "eval" / variant / f"seed{seed}" / "aggregate.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(record))
+            for name in DATASETS:
+                ranks = _ranks(variant, seed, name).tolist()
+                write_predictions(path.parent / "predictions" / f"{name}.jsonl", ranks, [[0]] * QUERIES)
     data = results / "data"
     (data / "eval").mkdir(parents=True)
     rows = [(name, task, split, 4, 2, 8 if split == "IND" else 0) for name, (task, split) in DATASETS.items()]
@@ -74,7 +102,8 @@ def _write_inputs(results: Path) -> None:
 def params(tmp_path: Path) -> dict:
     _write_inputs(tmp_path / "results")
     return {"results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
-            "train": {"variants": VARIANTS, "seeds": SEEDS}}
+            "train": {"variants": VARIANTS, "seeds": SEEDS}, "model": {"backbone": "tiny"},
+            "evaluate": {"bootstrap": BOOTSTRAP}}
 
 
 def test_build_writes_tables_and_figures(params: dict) -> None:
@@ -157,3 +186,127 @@ def test_group_without_datasets_is_an_empty_cell(params: dict) -> None:
     main = pd.read_csv(Path(params["reports_dir"]) / "tables" / "main.csv").set_index("method")
     other_seed = 100 * _scores(VARIANTS[0], SEEDS[1])["retrieval"]
     assert main.loc[VARIANTS[0], "retrieval"] == pytest.approx(other_seed, abs=0.05)
+
+
+def _seed_mean_hits(variant: str) -> dict[str, np.ndarray]:
+    """Per dataset: the per-query hit averaged over SEEDS, from the ranks written by the fixture."""
+    return {name: np.mean([_ranks(variant, seed, name) == 1 for seed in SEEDS], axis=0) for name in DATASETS}
+
+
+def _by_hand(scores: dict[str, float]) -> dict[str, float]:
+    """The aggregates of DATASETS' per-dataset scores, as unweighted means written out."""
+    def mean(names: list[str]) -> float:
+        return float(np.mean([scores[n] for n in names])) if names else float("nan")
+
+    result = {"overall": mean(list(DATASETS))}
+    result |= {task: mean([n for n, (t, _) in DATASETS.items() if t == task])
+               for task in ("classification", "vqa", "retrieval", "grounding")}
+    splits = {split.lower(): mean([n for n, (_, s) in DATASETS.items() if s == split]) for split in ("IND", "OOD")}
+    return result | splits
+
+
+def _manifest() -> pd.DataFrame:
+    return pd.DataFrame([(n, t, s) for n, (t, s) in DATASETS.items()], columns=["dataset", "meta_task", "split"])
+
+
+def test_ci_table_uses_seed_mean_hits(params: dict) -> None:
+    build(params)
+    table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "ci.csv")
+    assert list(table.columns) == ["method", "aggregate", "hit_at_1", "ci95_lo", "ci95_hi"]
+    assert len(table) == len(VARIANTS) * len(SCORE_COLUMNS)
+    for variant in VARIANTS:
+        hits = _seed_mean_hits(variant)
+        point = _by_hand({name: values.mean() for name, values in hits.items()})
+        ci = bootstrap_aggregates(hits, _manifest(), BOOTSTRAP["samples"], BOOTSTRAP["seed"])
+        rows = table[table["method"] == variant].set_index("aggregate")
+        for key in SCORE_COLUMNS:
+            if ci[key] is None:
+                assert rows.loc[key, ["hit_at_1", "ci95_lo", "ci95_hi"]].isna().all() and np.isnan(point[key])
+                continue
+            assert rows.loc[key, "hit_at_1"] == pytest.approx(100 * point[key])
+            assert rows.loc[key, ["ci95_lo", "ci95_hi"]].tolist() == pytest.approx([100 * v for v in ci[key]])
+            assert rows.loc[key, "ci95_lo"] <= rows.loc[key, "hit_at_1"] <= rows.loc[key, "ci95_hi"]
+
+
+def test_significance_table_pairs_every_variant_once(params: dict) -> None:
+    build(params)
+    table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
+    assert list(table.columns) == ["a", "b", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value"]
+    a, b = VARIANTS[1], VARIANTS[0]
+    assert set(zip(table["a"], table["b"], strict=True)) == {(a, b)}
+    assert table["aggregate"].tolist() == [k for k in SCORE_COLUMNS if k != "grounding"]  # no grounding dataset
+    hits_a, hits_b = _seed_mean_hits(a), _seed_mean_hits(b)
+    expected = paired_bootstrap_groups(hits_a, hits_b, _manifest(), BOOTSTRAP["samples"], BOOTSTRAP["seed"])
+    delta = _by_hand({name: hits_a[name].mean() - hits_b[name].mean() for name in DATASETS})
+    for row in table.itertuples():
+        assert row.delta == pytest.approx(100 * delta[row.aggregate])
+        assert [row.ci95_lo, row.ci95_hi] == pytest.approx([100 * v for v in expected[row.aggregate]["ci95"]])
+        assert row.p_value == pytest.approx(expected[row.aggregate]["p_value"])
+        assert 1 / (BOOTSTRAP["samples"] + 1) <= row.p_value <= 1
+
+
+def test_identical_variants_are_not_significant(params: dict) -> None:
+    results = Path(params["results_dir"]) / "eval"
+    shutil.copytree(results / VARIANTS[0], results / "copy")
+    for path in (results / "copy").glob("seed*/aggregate.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "variant": "copy"}))
+    build({**params, "train": {"variants": [VARIANTS[0], "copy"], "seeds": SEEDS}})
+    table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
+    assert (table["delta"] == 0).all() and (table["p_value"] == 1).all()
+
+
+def test_published_table_rows_and_benchmark(params: dict) -> None:
+    build(params)
+    table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "published.csv", keep_default_na=False,
+                        na_values=[""])
+    assert list(table.columns) == ["benchmark", "source", "method", "backbone", *SCORE_COLUMNS]
+    from_files = table[table["source"] == PER_DATASET_SOURCE].set_index("method")
+    published = published_aggregates().set_index("model")
+    assert sorted(from_files.index) == sorted(published.index) and (from_files["benchmark"] == "MMEB").all()
+    assert from_files[SCORE_COLUMNS].to_numpy() == pytest.approx(100 * published.loc[from_files.index].to_numpy())
+    summary = pd.read_csv(PUBLISHED_SUMMARY)
+    papers = table.iloc[len(from_files):len(from_files) + len(summary)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(papers[summary.columns], summary, check_dtype=False)
+    ours = table.iloc[len(from_files) + len(summary):].set_index("method")
+    assert list(ours.index) == VARIANTS and (ours["benchmark"] == "MMEB-mini").all()
+    assert (ours["backbone"] == "tiny").all()
+    for variant in VARIANTS:
+        per_dataset = pd.DataFrame([_scores(variant, seed + 7) for seed in SEEDS]).iloc[:, :len(DATASETS)].mean()
+        expected = _by_hand(dict(zip(DATASETS, per_dataset, strict=True)))
+        for key in SCORE_COLUMNS:
+            assert ours.loc[variant, key] == pytest.approx(100 * expected[key], nan_ok=True)
+
+
+def test_benchmark_label() -> None:
+    mmeb = mmeb_datasets().index.tolist()
+    assert benchmark_label(mmeb) == "MMEB"
+    assert benchmark_label(mmeb[:5]) == f"MMEB subset (5 of {len(mmeb)})"
+    assert benchmark_label(list(DATASETS)) == "MMEB-mini"
+
+
+def test_predictions_with_different_query_counts_name_the_files(params: dict) -> None:
+    path = Path(params["results_dir"]) / "eval" / VARIANTS[1] / "seed1" / "predictions" / "ShapeVQA.jsonl"
+    write_predictions(path, [1, 2], [[0], [1]])
+    with pytest.raises(ValueError, match=r"'ShapeVQA'.*seeds disagree.*seed1/predictions/ShapeVQA\.jsonl': 2"):
+        build(params)
+
+
+
+def test_interpretability_table_is_mean_and_std_over_seeds(params: dict) -> None:
+    build(params)
+    table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "interpretability.csv").set_index("method")
+    for variant in VARIANTS:
+        values = pd.DataFrame([_figures(variant, seed) for seed in SEEDS]).astype(float) * 100
+        for key in INTERPRETABILITY[:3]:
+            assert table.loc[variant, key] == pytest.approx(values[key].mean())
+            assert table.loc[variant, f"{key}_std"] == pytest.approx(values[key].std(ddof=1))
+        assert np.isnan(table.loc[variant, "pointing_chance"])  # null in every seed: no masks
+
+
+def test_aggregate_without_interpretability_names_the_key(params: dict) -> None:
+    path = Path(params["results_dir"]) / "eval" / "ssame" / "seed1" / "aggregate.json"
+    record = json.loads(path.read_text())
+    del record["interpretability"]["mask_share"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(KeyError, match=r"interpretability\.mask_share"):
+        build(params)

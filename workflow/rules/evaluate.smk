@@ -5,6 +5,8 @@ rule evaluate:
     output:
         aggregate=f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json",
         scores=directory(f"{R}/eval/{{variant}}/seed{{seed}}/scores"),
+        predictions=directory(f"{R}/eval/{{variant}}/seed{{seed}}/predictions"),
+        embeddings=directory(f"{R}/eval/{{variant}}/seed{{seed}}/embeddings"),
     params:
         cfg=P["evaluate"],
     threads: 1  # tiny CPU jobs run fastest single-threaded, side by side; raise for big models

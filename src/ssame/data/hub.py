@@ -27,7 +27,8 @@ TRAIN_SUBSETS = ("original", "diverse_instruction")
 
 
 def mmeb_datasets() -> pd.DataFrame:
-    """The 36 MMEB-eval datasets: meta_task, split, num_candidates and the matching MMEB-train config."""
+    """The 36 MMEB-eval datasets: meta_task, split, num_candidates, the matching MMEB-train config and the VLM2Vec
+    v1 query/target instructions and modalities (`image`, `text` or `image+text`)."""
     return pd.read_csv(RESOURCE, keep_default_na=False).set_index("dataset")
 
 

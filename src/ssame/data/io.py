@@ -98,6 +98,10 @@ def validate_eval(df: pd.DataFrame, source: str) -> pd.DataFrame:
             raise DataFormatError(
                 f"{source}: row {row} is ragged: {len(texts)} tgt_text vs {len(images)} tgt_img_path"
             )
+        copies = [i for i, key in enumerate(zip(texts, images, strict=True)) if i and key == (texts[0], images[0])]
+        if copies:  # a copy of the ground truth would tie with it and make hit@1 depend on tie-breaking
+            raise DataFormatError(f"{source}: row {row} repeats its ground truth (candidate 0) at candidate(s) "
+                                  f"{copies}: {(texts[0], images[0])!r}")
     df["tgt_text"] = pd.Series(lists["tgt_text"], dtype=object)
     df["tgt_img_path"] = pd.Series(lists["tgt_img_path"], dtype=object)
     return df
@@ -160,7 +164,7 @@ def read_train(data_dir: str | Path, dataset: str) -> pd.DataFrame:
 
 def read_eval(data_dir: str | Path, dataset: str) -> pd.DataFrame:
     path = eval_path(data_dir, dataset)
-    return validate_eval(_read_parquet(path), str(path))
+    return validate_eval(_read_parquet(path), f"dataset {dataset} ({path})")
 
 
 def write_train(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:

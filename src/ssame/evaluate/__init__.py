@@ -1,82 +1,189 @@
-"""Evaluation stage: the VLM2Vec MMEB protocol (encode each unique input once, cosine, hit@1 at index 0)."""
+"""Evaluation stage: the VLM2Vec MMEB protocol (each unique input encoded once, cosine, ground truth at index 0).
+
+Per dataset it writes scores, per-query predictions and the embeddings with their keys (ssame.evaluate.outputs);
+a run interrupted part-way resumes from the datasets already embedded (ssame.evaluate.cache). Run it in one process
+or sharded: `accelerate launch -m ssame evaluate ...` (or torchrun) gives identical files.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from ssame.config import Paths
-from ssame.data.io import image_root, read_eval, read_manifest
+from ssame.data.io import DataFormatError, eval_path, image_root, read_eval, read_manifest
+from ssame.evaluate import cache, outputs
 from ssame.evaluate.aggregate import aggregate
+from ssame.evaluate.encode import Encoded, Key, encode
+from ssame.evaluate.interpret import FIGURES, load_mask
+from ssame.evaluate.metrics import rank_candidates, ranking_metrics
+from ssame.evaluate.stats import bootstrap_aggregates
 from ssame.model import Embedder, InputBuilder
 from ssame.saliency.store import SaliencyStore
 from ssame.tracking import mlflow_run
 
 
-@torch.no_grad()
-def encode(embedder: Embedder, build: InputBuilder, keys: list[tuple[str, str]], batch_size: int,
-           store: SaliencyStore | None) -> torch.Tensor:
-    """Unit-norm embeddings of unique (text, image path) inputs, in order."""
-    chunks = []
-    for start in range(0, len(keys), batch_size):
-        texts, images = zip(*keys[start:start + batch_size], strict=True)
-        chunks.append(embedder(build(list(texts), list(images), store)).embeddings)
-    return torch.cat(chunks)
-
-
-def hit_at_1(frame: pd.DataFrame, query_emb: torch.Tensor, query_index: dict, cand_emb: torch.Tensor,
-             cand_index: dict) -> list[int]:
-    """Per row: 1 if argmax over its own candidates (first maximum, as np.argmax) is index 0."""
-    hits = []
-    for row in frame.itertuples():
-        q = query_emb[query_index[(row.qry_text, row.qry_img_path)]]
-        cands = cand_emb[[cand_index[k] for k in zip(row.tgt_text, row.tgt_img_path, strict=True)]]
-        hits.append(int(np.argmax((cands @ q).numpy()) == 0))
-    return hits
-
-
-def evaluate_dataset(embedder: Embedder, build: InputBuilder, frame: pd.DataFrame, batch_size: int,
-                     store: SaliencyStore | None) -> dict[str, Any]:
+def unique_inputs(frame: pd.DataFrame) -> tuple[list[Key], list[Key]]:
+    """Unique (text, image) inputs of the query side and of the candidate side, in first-seen order."""
     queries = list(dict.fromkeys(zip(frame["qry_text"], frame["qry_img_path"], strict=True)))
     cands = list(dict.fromkeys(k for texts, images in zip(frame["tgt_text"], frame["tgt_img_path"], strict=True)
                                for k in zip(texts, images, strict=True)))
-    query_emb = encode(embedder, build, queries, batch_size, store)
-    cand_emb = encode(embedder, build, cands, batch_size, store)
-    hits = hit_at_1(frame, query_emb, {k: i for i, k in enumerate(queries)},
-                    cand_emb, {k: i for i, k in enumerate(cands)})
-    return {"hit_at_1": float(np.mean(hits)), "num_queries": len(hits),
-            "unique_queries": len(queries), "unique_candidates": len(cands)}
+    return queries, cands
+
+
+def check_images(frame: pd.DataFrame, root: Path, dataset: str) -> None:
+    """Raise naming dataset, row and column for the first referenced image that is not a file under `root`."""
+    paths = set(frame["qry_img_path"]) | {p for images in frame["tgt_img_path"] for p in images}
+    missing = {p for p in paths - {""} if not (root / p).is_file()}
+    if not missing:
+        return
+    for row, rec in enumerate(frame.itertuples()):
+        for column, images in (("qry_img_path", [rec.qry_img_path]), ("tgt_img_path", rec.tgt_img_path)):
+            found = [p for p in images if p in missing]
+            if found:
+                raise DataFormatError(f"dataset {dataset}: row {row} column {column!r} image {found[0]!r} "
+                                      f"not found under {root}")
+
+
+def rank_rows(frame: pd.DataFrame, queries: list[Key], query_emb: torch.Tensor, cands: list[Key],
+              cand_emb: torch.Tensor) -> tuple[list[int], list[list[int]]]:
+    """Per row: rank of its ground truth among its own candidates (cosine) and the full candidate ranking."""
+    q_index = {k: i for i, k in enumerate(queries)}
+    c_index = {k: i for i, k in enumerate(cands)}
+    ranks, rankings = [], []
+    for rec in frame.itertuples():
+        rows = torch.tensor([c_index[k] for k in zip(rec.tgt_text, rec.tgt_img_path, strict=True)])
+        rank, ranking = rank_candidates(cand_emb[rows] @ query_emb[q_index[(rec.qry_text, rec.qry_img_path)]])
+        ranks.append(rank)
+        rankings.append(ranking)
+    return ranks, rankings
+
+
+class DatasetEvaluator:
+    """Everything fixed across the datasets of one (variant, seed): model, inputs, files, processes."""
+
+    def __init__(self, params: dict[str, Any], variant: str, seed: int):
+        self.params, self.state = params, PartialState(cpu=not torch.cuda.is_available())
+        self.paths = Paths.from_params(params)
+        model_dir = self.paths.model(variant, seed)
+        self.eval_dir = self.paths.eval(variant, seed)
+        self.embedder, tokenizer, image_processor = Embedder.load(model_dir, params["model"]["attn_implementation"])
+        self.embedder.to(self.state.device).eval()
+        self.store = SaliencyStore(self.paths.saliency) if self.embedder.uses_saliency else None
+        self.build = InputBuilder(tokenizer, image_processor, image_root(self.paths.data),
+                                  params["train"]["max_text_tokens"])
+        self.cache_dir = self.paths.results / "cache" / "eval" / self.paths.run(variant, seed)
+        self.settings = {"max_text_tokens": params["train"]["max_text_tokens"],
+                         "attn_implementation": params["model"]["attn_implementation"]}
+        self.model_files = [model_dir, *([self.paths.saliency] if self.store else [])]
+        self._masks: dict[str, np.ndarray | None] = {}
+
+    def mask(self, image_path: str) -> np.ndarray | None:
+        if image_path not in self._masks:
+            self._masks[image_path] = load_mask(self.paths.data, image_path)
+        return self._masks[image_path]
+
+    def embeddings(self, dataset: str, queries: list[Key], cands: list[Key]) -> dict[str, Any]:
+        """Cached or freshly encoded tensors of both sides (query side with interpretability figures)."""
+        evaluate = self.params["evaluate"]
+        stamp = cache.fingerprint([*self.model_files, eval_path(self.paths.data, dataset)], self.settings)
+        keys = {"query": queries, "candidate": cands}
+        found = [cache.load(self.cache_dir, dataset, stamp, keys) if self.state.is_main_process else None]
+        if self.state.num_processes > 1:
+            found = broadcast_object_list(found)
+        if found[0] is not None:
+            tensors, meta = found[0]
+            return {"tensors": tensors, "forward_passes": int(meta["forward_passes"]), "seconds": 0.0}
+        start = time.perf_counter()
+        query = encode(self.embedder, self.build, queries, evaluate["batch_size"], self.store, self.mask, self.state)
+        cand: Encoded = encode(self.embedder, self.build, cands, evaluate["batch_size"], self.store, None, self.state)
+        seconds = time.perf_counter() - start
+        tensors = {"query": query.embeddings, "candidate": cand.embeddings,
+                   **{f"query_{name}": values for name, values in query.figures.items()}}
+        passes = query.forward_passes + cand.forward_passes
+        if self.state.is_main_process:
+            cache.save(self.cache_dir, dataset, tensors, keys, {"fingerprint": stamp, "forward_passes": passes})
+        return {"tensors": tensors, "forward_passes": passes, "seconds": seconds}
+
+    def __call__(self, row: Any) -> tuple[dict[str, Any], np.ndarray, float]:
+        """(scores record, per-row hits, encode seconds) of one manifest row; files written by the main process."""
+        frame = read_eval(self.paths.data, row.dataset)
+        check_images(frame, image_root(self.paths.data), row.dataset)
+        queries, cands = unique_inputs(frame)
+        found = self.embeddings(row.dataset, queries, cands)
+        tensors = found["tensors"]
+        ranks, rankings = rank_rows(frame, queries, tensors["query"], cands, tensors["candidate"])
+        hits = (np.asarray(ranks) == 1).astype(np.float64)
+        unique = len(queries) + len(cands)
+        figures = {name: _nanmean(tensors[f"query_{name}"]) for name in FIGURES}
+        record = {"dataset": row.dataset, "meta_task": row.meta_task, "split": row.split,
+                  "num_candidates": int(row.num_candidates), "num_queries": len(frame),
+                  **ranking_metrics(np.asarray(ranks)),
+                  "unique_queries": len(queries), "unique_candidates": len(cands),
+                  "input_references": len(frame) + int(frame["tgt_text"].map(len).sum()),
+                  "forward_passes": found["forward_passes"], "forward_ratio": found["forward_passes"] / unique,
+                  **figures}
+        if self.state.is_main_process:
+            outputs.write_json(outputs.scores_path(self.eval_dir, row.dataset), record)
+            depth = self.params["evaluate"]["ranking_depth"]
+            outputs.write_predictions(outputs.predictions_path(self.eval_dir, row.dataset), ranks,
+                                      [r[:depth] for r in rankings])
+        return record, hits, found["seconds"]
+
+
+def _nanmean(values: torch.Tensor) -> float | None:
+    """Mean over the inputs a figure applies to; None (JSON null) when it applies to none."""
+    finite = values[~torch.isnan(values)]
+    return float(finite.mean()) if finite.numel() else None
 
 
 def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
-    """Score one trained (variant, seed) on every dataset of the manifest; write per-dataset and aggregate JSON."""
-    paths = Paths.from_params(params)
-    embedder, tokenizer, image_processor = Embedder.load(paths.model(variant, seed),
-                                                         params["model"]["attn_implementation"])
-    embedder.eval()
-    store = SaliencyStore(paths.saliency) if embedder.uses_saliency else None
-    build = InputBuilder(tokenizer, image_processor, image_root(paths.data), params["train"]["max_text_tokens"])
+    """Score one trained (variant, seed) on every eval dataset of the manifest; write per-dataset files and
+    `aggregate.json` (with bootstrap 95 % CIs), log to MLflow; returns the aggregate record."""
+    evaluator = DatasetEvaluator(params, variant, seed)
+    paths, state, eval_dir = evaluator.paths, evaluator.state, evaluator.eval_dir
     manifest = read_manifest(paths.data)
-    out_dir: Path = paths.eval(variant, seed)
-    (out_dir / "scores").mkdir(parents=True, exist_ok=True)
-    per_dataset: dict[str, float] = {}
-    with mlflow_run(params, f"evaluate/{variant}/seed{seed}",
-                    {"stage": "evaluate", "variant": variant, "seed": str(seed)}) as mlflow:
+    manifest = manifest[manifest["num_queries"] > 0]
+    tags = {"stage": "evaluate", "variant": variant, "seed": str(seed)}
+    run = mlflow_run(params, f"evaluate/{variant}/seed{seed}", tags) if state.is_main_process else None
+    with run or contextlib.nullcontext() as mlflow:
+        records, hits = {}, {}
         for row in manifest.itertuples():
-            result = evaluate_dataset(embedder, build, read_eval(paths.data, row.dataset),
-                                      params["evaluate"]["batch_size"], store)
-            result = {"dataset": row.dataset, "meta_task": row.meta_task, "split": row.split,
-                      "num_candidates": int(row.num_candidates), **result}
-            (out_dir / "scores" / f"{row.dataset}.json").write_text(json.dumps(result, indent=2) + "\n")
-            per_dataset[row.dataset] = result["hit_at_1"]
-            mlflow.log_metric(f"hit_at_1.{row.dataset}", result["hit_at_1"])
-        summary = {"variant": variant, "seed": seed, **aggregate(per_dataset, manifest), "per_dataset": per_dataset}
-        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
-        (out_dir / "aggregate.json").write_text(json.dumps(summary, indent=2) + "\n")
-        mlflow.log_artifact(str(out_dir / "aggregate.json"))
+            record, hits[row.dataset], seconds = evaluator(row)
+            records[row.dataset] = record
+            if mlflow is not None:
+                speed = {"inputs_per_second": record["forward_passes"] / seconds} if seconds else {}
+                mlflow.log_metrics({f"{k}.{row.dataset}": v for k, v in (record | speed).items()
+                                    if isinstance(v, float)})
+        boot = params["evaluate"]["bootstrap"]
+        scores = {name: rec["hit_at_1"] for name, rec in records.items()}
+        summary = {"variant": variant, "seed": seed, **aggregate(scores, manifest), "per_dataset": scores,
+                   "ci95": bootstrap_aggregates(hits, manifest, boot["samples"], boot["seed"]),
+                   "forward_ratio": sum(r["forward_passes"] for r in records.values())
+                   / sum(r["unique_queries"] + r["unique_candidates"] for r in records.values()),
+                   "interpretability": {name: _mean_over_datasets([r[name] for r in records.values()])
+                                        for name in FIGURES}}
+        if state.is_main_process:
+            shutil.rmtree(eval_dir / "embeddings", ignore_errors=True)
+            (evaluator.cache_dir / "embeddings").rename(eval_dir / "embeddings")
+            shutil.rmtree(evaluator.cache_dir)
+            outputs.write_json(eval_dir / "aggregate.json", summary)
+            mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}
+                               | {k: v for k, v in summary["interpretability"].items() if v is not None})
+            mlflow.log_artifact(str(eval_dir / "aggregate.json"))
+    state.wait_for_everyone()
     return summary
+
+
+def _mean_over_datasets(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None

@@ -1,8 +1,9 @@
 """Turn MMEB (text, image path) pairs into Qwen2-VL inputs, the way VLM2Vec feeds Qwen2-VL.
 
-MMEB texts carry the placeholder `<|image_1|>`; it becomes `<|vision_start|>` + one `<|image_pad|>` per merged
-visual token + `<|vision_end|>`, the expansion Qwen2VLProcessor performs (that class needs torchvision for its
-video half, so the two halves it wraps, tokenizer and image processor, are driven here directly).
+MMEB's placeholder `<|image_1|>` is replaced in place by a bare `<|image_pad|>` (no vision start/end markers, no
+chat template), which is expanded to one pad per merged visual token as Qwen2VLProcessor does (that class needs
+torchvision for its video half, so the two halves it wraps, tokenizer and image processor, are driven here
+directly). M-RoPE needs no markers: transformers' `get_rope_index` groups tokens by `mm_token_type_ids`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-PLACEHOLDER = "<|image_1|>"
-VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+from ssame.data.io import IMAGE_TOKEN
+from ssame.data.prompts import IMAGE_TOKENS, substitute_image_token
+
+# The vision markers are Qwen2-VL vocabulary for the backbone config and the LMM subject prompt, not MMEB inputs.
+VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", IMAGE_TOKENS["qwen2_vl"]
 
 
 @dataclass
@@ -29,7 +33,7 @@ class EncodedBatch:
 
 
 class InputBuilder:
-    """Tokenise text with expanded image placeholders and preprocess the images of a batch."""
+    """Tokenise text with its image placeholder expanded in place and preprocess the images of a batch."""
 
     def __init__(self, tokenizer, image_processor, image_root: Path, max_text_tokens: int,
                  cache_images: bool = False):
@@ -66,6 +70,11 @@ class InputBuilder:
         return {"pixel_values": torch.cat([self._cache[p][0] for p in paths]),
                 "image_grid_thw": torch.stack([self._cache[p][1] for p in paths])}
 
+    def _split(self, text: str, image: bool) -> tuple[str, str]:
+        """The text before and after the image (an image without a placeholder comes first)."""
+        before, found, after = substitute_image_token(text, "qwen2_vl").partition(IMAGE_PAD)
+        return ("", text) if image and not found else (before, after)
+
     def __call__(self, texts: list[str], images: list[str], saliency_store=None) -> EncodedBatch:
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} image paths")
@@ -74,26 +83,23 @@ class InputBuilder:
             if image:
                 image_paths.append(image)
                 image_rows.append(row)
-            elif PLACEHOLDER in text:
-                raise ValueError(f"text has {PLACEHOLDER} but no image path: {text[:80]!r}")
+            elif IMAGE_TOKEN in text:
+                raise ValueError(f"text has {IMAGE_TOKEN} but no image path: {text[:80]!r}")
             elif not text.strip():
                 raise ValueError(f"input {row} of the batch has neither text nor image")
+        parts = [self._split(text, bool(image)) for text, image in zip(texts, images, strict=True)]
         grids: list[tuple[int, int]] = []
         vision: dict[str, torch.Tensor] = {}
         if image_paths:
             vision = self._preprocess(image_paths)
             grids = [(int(h) // self.merge, int(w) // self.merge) for _, h, w in vision["image_grid_thw"].tolist()]
-        prompts, k = [], 0
-        for text, image in zip(texts, images, strict=True):
-            body = text.replace(PLACEHOLDER, "").strip()
-            body = self.tokenizer.convert_tokens_to_string(self.tokenizer.tokenize(body)[: self.max_text_tokens])
-            if image:
-                n = grids[k][0] * grids[k][1]
-                prompts.append(f"{VISION_START}{IMAGE_PAD * n}{VISION_END}{body}")
-                k += 1
-            else:
-                prompts.append(body)
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        pieces = self.tokenizer([p for pair in parts for p in pair], add_special_tokens=False)["input_ids"]
+        pad_counts, sequences = iter(h * w for h, w in grids), []
+        for row, image in enumerate(images):  # the text budget goes to the text before the image first
+            head = pieces[2 * row][: self.max_text_tokens]
+            tail = pieces[2 * row + 1][: self.max_text_tokens - len(head)]
+            sequences.append(head + [self.image_token_id] * (next(pad_counts) if image else 0) + tail)
+        enc = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
         inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                   "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int(), **vision}
         saliency = None

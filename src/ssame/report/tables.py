@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from itertools import combinations
 from numbers import Real
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-SCORE_COLUMNS = ["overall", "classification", "vqa", "retrieval", "grounding", "ind", "ood"]
+from ssame.data.hub import mmeb_datasets
+from ssame.evaluate.aggregate import GROUPS, aggregate, published_aggregates, published_summary
+from ssame.evaluate.stats import bootstrap_aggregates, paired_bootstrap_groups
+
+SCORE_COLUMNS = list(GROUPS)
 SUMMARY_LABEL = "mean ± std"
+PER_DATASET_SOURCE = "per-dataset scores (VLM2Vec repo)"
+Hits = dict[str, dict[str, np.ndarray]]  # variant -> dataset -> per-query hit, mean over seeds
+
+
+INTERPRETABILITY = ("visual_attention_mass", "pointing_game", "mask_share", "pointing_chance")
 
 
 def _fraction(value: object, path: Path, key: str) -> float:
@@ -58,6 +70,29 @@ def load_aggregates(
     return pd.DataFrame(score_rows), pd.DataFrame(dataset_rows)
 
 
+def interpretability_table(results_dir: str | Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """One row per variant: each figure of `aggregate.json`'s `interpretability` in percent, mean and std over
+    seeds (ddof=1; 0.0 for one seed; empty where the benchmark has no masks)."""
+    rows = []
+    for variant in variants:
+        values = []
+        for seed in seeds:
+            path = Path(results_dir) / "eval" / variant / f"seed{seed}" / "aggregate.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"missing aggregate file: {path}")
+            figures = json.loads(path.read_text()).get("interpretability")
+            missing = [k for k in INTERPRETABILITY if not isinstance(figures, dict) or k not in figures]
+            if missing:
+                raise KeyError(f"{path}: missing key(s) {['interpretability.' + k for k in missing]}")
+            values.append({k: float("nan") if figures[k] is None else _fraction(figures[k], path, k)
+                           for k in INTERPRETABILITY})
+        percent = pd.DataFrame(values).mul(100)
+        std = percent.std(ddof=1) if len(seeds) > 1 else percent.mean() * 0.0
+        rows.append({"method": variant, **{k: percent[k].mean() for k in INTERPRETABILITY},
+                     **{f"{k}_std": std[k] for k in INTERPRETABILITY}})
+    return pd.DataFrame(rows)
+
+
 def main_table(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: 100 × mean over seeds, rounded to 1 decimal."""
     table = scores.groupby("variant", sort=False)[SCORE_COLUMNS].mean().mul(100).round(1)
@@ -82,8 +117,64 @@ def per_dataset_table(per_dataset: pd.DataFrame, manifest: pd.DataFrame, variant
     return manifest[["dataset", "meta_task", "split"]].merge(means[variants].reset_index(), on="dataset", how="left")
 
 
-def write_table(table: pd.DataFrame, stem: Path, floatfmt: str = ".1f") -> None:
-    """Write `table` to `<stem>.csv` and `<stem>.md` (GitHub-style markdown, floats as `floatfmt`)."""
+def _percent(value: float | None) -> float:
+    return float("nan") if value is None else 100 * value
+
+
+def ci_table(hits: Hits, manifest: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
+    """Per variant and aggregate: hit@1 % and its 95 % bootstrap CI (%) over queries (ssame.evaluate.stats);
+    NaN for a group with no dataset."""
+    rows = []
+    for variant, by_dataset in hits.items():
+        point = aggregate({name: float(values.mean()) for name, values in by_dataset.items()}, manifest)
+        ci = bootstrap_aggregates(by_dataset, manifest, samples, seed)
+        rows += [{"method": variant, "aggregate": key, "hit_at_1": _percent(point[key]),
+                  "ci95_lo": _percent(None if ci[key] is None else ci[key][0]),
+                  "ci95_hi": _percent(None if ci[key] is None else ci[key][1])} for key in GROUPS]
+    return pd.DataFrame(rows, columns=["method", "aggregate", "hit_at_1", "ci95_lo", "ci95_hi"])
+
+
+def significance_table(hits: Hits, manifest: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
+    """Paired bootstrap of every unordered pair of variants once, `a` listed after `b` in `hits`: delta = a − b in
+    hit@1 points with its 95 % CI and p-value, per aggregate that has datasets."""
+    rows = []
+    for b, a in combinations(hits, 2):
+        for key, result in paired_bootstrap_groups(hits[a], hits[b], manifest, samples, seed).items():
+            lo, hi = result["ci95"]
+            rows.append({"a": a, "b": b, "aggregate": key, "delta": 100 * result["delta"], "ci95_lo": 100 * lo,
+                         "ci95_hi": 100 * hi, "p_value": result["p_value"]})
+    return pd.DataFrame(rows, columns=["a", "b", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value"])
+
+
+def benchmark_label(datasets: Sequence[str]) -> str:
+    """"MMEB" for exactly the 36 MMEB datasets, "MMEB subset (k of 36)" for fewer, else "MMEB-mini"."""
+    names, mmeb = set(datasets), set(mmeb_datasets().index)
+    if names == mmeb:
+        return "MMEB"
+    return f"MMEB subset ({len(names)} of {len(mmeb)})" if names < mmeb else "MMEB-mini"
+
+
+def published_table(per_dataset: pd.DataFrame, manifest: pd.DataFrame, backbone: str) -> pd.DataFrame:
+    """Published models aggregated from their per-dataset scores, the published summary rows and our variants
+    (per-dataset hit@1 averaged over seeds, aggregated by the same `aggregate`), in percent, with the benchmark."""
+    columns = ["benchmark", "source", "method", "backbone", *SCORE_COLUMNS]
+    published = published_aggregates().rename(columns={"model": "method"})
+    published[SCORE_COLUMNS] *= 100
+    published = published.assign(benchmark="MMEB", source=PER_DATASET_SOURCE, backbone="")
+    summary = published_summary().assign(benchmark="MMEB")
+    seeds = ", ".join(str(seed) for seed in per_dataset["seed"].unique())
+    ours = []
+    for variant, group in per_dataset.groupby("variant", sort=False):
+        scores = group.groupby("dataset", sort=False)["score"].mean().to_dict()
+        ours.append({"benchmark": benchmark_label(list(scores)), "source": f"this run (mean over seeds {seeds})",
+                     "method": variant, "backbone": backbone,
+                     **{key: _percent(value) for key, value in aggregate(scores, manifest).items()}})
+    return pd.concat([published[columns], summary[columns], pd.DataFrame(ours, columns=columns)], ignore_index=True)
+
+
+def write_table(table: pd.DataFrame, stem: Path, floatfmt: str | Sequence[str] = ".1f") -> None:
+    """Write `table` to `<stem>.csv` and `<stem>.md` (GitHub-style markdown, floats as `floatfmt`, one format or one
+    per column)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(stem.with_suffix(".csv"), index=False)
     stem.with_suffix(".md").write_text(table.to_markdown(index=False, floatfmt=floatfmt) + "\n")

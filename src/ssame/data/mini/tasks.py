@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..io import IMAGE_TOKEN
+from ..prompts import format_v1
 from .render import background_box, box_around, save_crop
 from .scene import COLOURS, POSITIONS, SHAPES, Obj, Scene
 
@@ -20,8 +20,8 @@ PHRASES = {
     "bottom": "at the bottom",
     "center": "in the center",
 }
-IMAGE_TARGET = f"{IMAGE_TOKEN} Represent the given image."
-CROP_TARGET = f"{IMAGE_TOKEN} Represent the given cropped image of the object."
+IMAGE_TARGET = format_v1("Represent the given image", image=True)
+CROP_TARGET = format_v1("Represent the given cropped image of the object", image=True)
 Candidate = tuple[str, str]  # (text, image path)
 Example = tuple[str, str, list[Candidate]]  # (query text, query image path, candidates)
 
@@ -70,7 +70,7 @@ def shape_cls(ctx: Context, i: int, n: int) -> Example:
     hard = [d.shape for d in _by_relation(s, "same_colour", "other")]
     labels = _ordered(s.subject.shape, hard, SHAPES, ctx.rng, n)
     return (
-        f"{IMAGE_TOKEN} Identify the shape of the main object in the image.",
+        format_v1("Identify the shape of the main object in the image", image=True),
         ctx.paths[i],
         [(t, "") for t in labels],
     )
@@ -81,14 +81,14 @@ def colour_cls(ctx: Context, i: int, n: int) -> Example:
     hard = [d.colour for d in _by_relation(s, "same_shape", "other")]
     labels = _ordered(s.subject.colour, hard, COLOURS, ctx.rng, n)
     return (
-        f"{IMAGE_TOKEN} Identify the colour of the main object in the image.",
+        format_v1("Identify the colour of the main object in the image", image=True),
         ctx.paths[i],
         [(t, "") for t in labels],
     )
 
 
 def _vqa(question: str, path: str, answers: list[str]) -> Example:
-    query = f"{IMAGE_TOKEN} Represent the given image with the following question: {question}"
+    query = format_v1("Represent the given image with the following question", question, image=True)
     return query, path, [(a, "") for a in answers]
 
 
@@ -136,7 +136,7 @@ def t2i(ctx: Context, i: int, n: int) -> Example:
             f"{ctx.dataset}: only {len(scored)} non-matching images for query {i}, {n - 1} needed"
         )
     negatives = [j for _, _, j in sorted(scored)[: n - 1]]
-    query = f"Find an image that matches the given caption: {caption(subj)}."
+    query = format_v1("Find an image that matches the given caption", caption(subj))
     return query, "", [(IMAGE_TARGET, ctx.paths[j]) for j in [i, *negatives]]
 
 
@@ -155,7 +155,7 @@ def i2t(ctx: Context, i: int, n: int) -> Example:
                     variants[changed - 1].append(_describe(colour, shape, position))
     singles = [variants[0][k] for k in ctx.rng.permutation(len(variants[0]))]
     captions = _ordered(caption(subj), hard + singles, variants[1], ctx.rng, n)
-    query = f"{IMAGE_TOKEN} Find an image caption describing the given image."
+    query = format_v1("Find an image caption describing the given image", image=True)
     return query, ctx.paths[i], [(c, "") for c in captions]
 
 
@@ -174,7 +174,7 @@ def ground(ctx: Context, i: int, n: int) -> Example:
         save_crop(image, box, s.size, ctx.image_root / rel)
         crops.append((CROP_TARGET, rel))
     phrase = f"{s.subject.colour} {s.subject.shape}"
-    query = f"{IMAGE_TOKEN} Select the portion of the image that isolates the {phrase}."
+    query = format_v1("Select the portion of the image that isolates the object labeled as", phrase, image=True)
     return query, ctx.paths[i], crops
 
 

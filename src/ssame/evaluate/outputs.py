@@ -1,0 +1,76 @@
+"""The evaluate stage's per-dataset files, their one writer and reader (format: docs/evaluation.md).
+
+    <eval_dir>/scores/<dataset>.json          metrics, counts, interpretability figures, bootstrap CI of hit@1
+    <eval_dir>/predictions/<dataset>.jsonl    per query row: {"query", "rank", "correct", "ranking"}
+    <eval_dir>/embeddings/<dataset>.safetensors   "query" (Nq, D) and "candidate" (Nc, D) float32, unit norm
+    <eval_dir>/embeddings/<dataset>.keys.parquet  side, index, text, image_path: the input of each tensor row
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SIDES = ("query", "candidate")
+PREDICTION_KEYS = ("query", "rank", "correct", "ranking")
+
+
+def scores_path(eval_dir: Path, dataset: str) -> Path:
+    return Path(eval_dir) / "scores" / f"{dataset}.json"
+
+
+def predictions_path(eval_dir: Path, dataset: str) -> Path:
+    return Path(eval_dir) / "predictions" / f"{dataset}.jsonl"
+
+
+def embeddings_path(eval_dir: Path, dataset: str) -> Path:
+    return Path(eval_dir) / "embeddings" / f"{dataset}.safetensors"
+
+
+def keys_path(eval_dir: Path, dataset: str) -> Path:
+    return Path(eval_dir) / "embeddings" / f"{dataset}.keys.parquet"
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def write_predictions(path: Path, ranks: list[int], rankings: list[list[int]]) -> None:
+    """One JSON line per query row, in row order; `ranking` may be truncated (see params evaluate.ranking_depth)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row, (rank, ranking) in enumerate(zip(ranks, rankings, strict=True)):
+            f.write(json.dumps({"query": row, "rank": rank, "correct": rank == 1, "ranking": ranking}) + "\n")
+
+
+def read_predictions(eval_dir: Path, dataset: str) -> pd.DataFrame:
+    """Columns query, rank, correct, ranking; raises naming the file and line on a malformed record."""
+    path = predictions_path(eval_dir, dataset)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing predictions file: {path}")
+    records = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {line_no} is not JSON: {err}") from err
+        missing = [k for k in PREDICTION_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"{path}: line {line_no} lacks key(s) {missing}")
+        if record["query"] != line_no - 1 or not isinstance(record["rank"], int) or record["rank"] < 1:
+            raise ValueError(f"{path}: line {line_no} has query {record['query']!r} / rank {record['rank']!r}; "
+                             f"expected query {line_no - 1} and an integer rank >= 1")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no predictions")
+    return pd.DataFrame(records, columns=list(PREDICTION_KEYS))
+
+
+def read_hits(eval_dir: Path, dataset: str) -> np.ndarray:
+    """Per query row: 1.0 if the ground truth ranked first, else 0.0 (the input of every bootstrap)."""
+    return (read_predictions(eval_dir, dataset)["rank"].to_numpy() == 1).astype(np.float64)
