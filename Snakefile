@@ -2,32 +2,38 @@
 #   snakemake --cores all                                        (embedded offline default)
 #   snakemake --cores all --config params=params/paper.yaml       (paper profile)
 # Every rule is a thin `ssame <stage>` call; all logic lives in src/ssame.
-import yaml
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from ssame.config import variant_uses_saliency
+from ssame.config import launch_processes, load_params, variant_uses_saliency
 
 min_version("9.0")
 
 PARAMS_FILE = config.get("params", "params/default.yaml")
-with open(PARAMS_FILE) as handle:
-    P = yaml.safe_load(handle)
-validate(P, "workflow/schemas/params.schema.yaml")
+# Validated against workflow/schemas/params.schema.yaml, with the schema's defaults, before any job runs.
+P = load_params(PARAMS_FILE).to_dict()
 
 R = P["results_dir"]
 REPORTS = P["reports_dir"]
 VARIANTS = P["train"]["variants"]
 SEEDS = P["train"]["seeds"]
+TRAIN_PROCESSES = launch_processes(P["train"]["accelerate_config"])
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
     seed=r"\d+",
+
+def mirror_if_rehearsal(wildcards):
+    """The rehearsal's local hub mirror (params `mirror:`), or [] for the real hub / MMEB-mini."""
+    return rules.mirror.output.done if P["mirror"] else []
+
 
 def saliency_if_used(wildcards):
     """The saliency manifest for variants that read it; [] lets baseline jobs start while saliency runs."""
     return rules.saliency.output.manifest if variant_uses_saliency(P["variants"][wildcards.variant]) else []
 
 
+if P["mirror"]:
+    include: "workflow/rules/mirror.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/saliency.smk"
 include: "workflow/rules/train.smk"

@@ -2,7 +2,7 @@
 
 Usage: python bench/gradcache.py [--params params/default.yaml] [--variant ssame] [--chunk 16] [--rows 512]
 Needs the data and saliency stages' outputs. Each setting runs in a fresh process and sees the same `--rows`
-training rows (so the image cache is the same size); printed: peak RSS, its increase over the RSS after setup,
+training rows; printed: peak RSS, its increase over the RSS after setup,
 and s/step. Target (step 3): peak RSS at batch 256 <= 1.3 x batch 32, same chunk.
 """
 
@@ -27,7 +27,7 @@ def run_one(params_path: str, variant: str, batch: int, chunk: int | None, rows:
     from ssame.train.recipe import build_trainer, make_accelerator
 
     torch.set_num_threads(1)
-    params = load_params(params_path)
+    params = load_params(params_path).to_dict()
     params["train"].update(batch_size=batch, grad_cache_chunk_size=chunk)
     set_seed(0)
     _, objective, optimizer, _, _, _ = build_trainer(params, variant, make_accelerator())

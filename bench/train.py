@@ -4,15 +4,14 @@ Usage: python bench/train.py [--params params/default.yaml] [--steps 200] [--war
 Needs the data stage's output. Both sides train the `baseline` variant (InfoNCE over in-batch negatives, no
 saliency, no hard negatives) from the same seeded init with AdamW + linear schedule, one thread, on the *same*
 batch stream (the Trainer reads it in order, `train_sampling_strategy="sequential"`: per-step cost depends on a
-batch's mix of text-only and image inputs), after the same warm-up steps (by default an epoch, which fills the
-image cache: a cold cache times PNG decoding, not the loop). The two sides alternate `--repeats` times; prints
+batch's mix of text-only and image inputs), after the same warm-up steps (by default an epoch: the page cache then holds
+every image, so neither side times cold disk reads). The two sides alternate `--repeats` times; prints
 samples/s of each run, and the median ratio (target >= 1.0x).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -106,13 +105,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per run (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=None, help="global batch (default: train.batch_size)")
     parser.add_argument("--warmup", type=int, default=170,
-                        help="untimed steps first; the default, an epoch of MMEB-mini at batch 16, fills the image "
-                             "cache so both loops are timed in their steady state (default: %(default)s)")
+                        help="untimed steps first; the default, an epoch of MMEB-mini at batch 16, reads every image "
+                             "once so both loops are timed in their steady state (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each side (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    params = load_params(args.params)
-    params = copy.deepcopy(params)
+    params = load_params(args.params).to_dict()
     params["train"].update(hard_negatives=False, grad_cache_chunk_size=None, checkpoint_every=None)
     if args.batch:
         params["train"]["batch_size"] = args.batch

@@ -1,5 +1,5 @@
-"""The paper-profile backbone path (`from_pretrained`, bf16, SDPA, gradient checkpointing, LoRA) on a tiny
-random Qwen2-VL saved locally in the hub layout: no download, same classes and code path as Qwen2-VL-2B/7B."""
+"""The paper-profile backbone path (`from_pretrained`, bf16, SDPA, gradient checkpointing, LoRA) on the rehearsal's
+tiny random Qwen2-VL saved in the hub layout: no download, same classes and code path as Qwen2-VL-2B/7B."""
 
 from __future__ import annotations
 
@@ -9,39 +9,32 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import set_seed
-from transformers import Qwen2VLForConditionalGeneration
 
+from ssame.config import as_params
 from ssame.model.attention import LAST_ROW_SDPA
-from ssame.model.backbone import load_backbone, tiny_config
+from ssame.model.backbone import load_backbone
+from ssame.rehearsal.models import write_tiny_models
 from ssame.train.batches import training_rows
 from ssame.train.recipe import build_trainer, make_accelerator
 
 
 @pytest.fixture(scope="module")
 def hub_params(small_built, tmp_path_factory):
-    """`small_built` params with `model.backbone` = a local folder written by `save_pretrained`."""
-    from transformers import AutoTokenizer
-
-    from ssame.config import Paths
-    from ssame.model.backbone import image_processor_for
-
+    """`small_built` params with `model.backbone` = the rehearsal's Qwen2-VL-2B-Instruct stand-in (a local folder)."""
     params = copy.deepcopy(small_built)
-    data_dir = Paths.from_params(params).data
-    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    folder = tmp_path_factory.mktemp("hub") / "Qwen2-VL-tiny"
-    torch.manual_seed(0)
-    Qwen2VLForConditionalGeneration(tiny_config(params["model"]["tiny"], tokenizer, "eager")).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor_for(params).save_pretrained(folder)
-    params["model"].update(backbone=str(folder), dtype="bfloat16", attn_implementation="sdpa",
+    folder = write_tiny_models(tmp_path_factory.mktemp("models"), seed=0)["backbone"]
+    params["model"].update(backbone=str(folder), revision=None, dtype="bfloat16", attn_implementation="sdpa",
                            gradient_checkpointing=True,
                            lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
-    return params
+    return as_params(params)  # validated (a local folder needs revision null), the schema's defaults filled
 
 
 def test_pretrained_backbone_is_bf16_sdpa_with_checkpointing(hub_params):
     model, tokenizer, processor = load_backbone(hub_params, data_dir=None)
-    assert model.dtype == torch.bfloat16
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration" and model.dtype == torch.bfloat16
+    vision = model.config.vision_config  # Qwen2-VL's patch geometry, as the image processor's
+    assert (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (14, 2, 2)
+    assert (processor.patch_size, processor.merge_size, processor.temporal_patch_size) == (14, 2, 2)
     assert model.config.text_config._attn_implementation == LAST_ROW_SDPA
     assert model.config.vision_config._attn_implementation == "sdpa"
     assert model.is_gradient_checkpointing

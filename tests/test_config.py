@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from ssame.cli import main
-from ssame.config import ParamsError, load_params, validate_params
+from ssame.config import ParamsError, as_params, load_params, validate_params
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "paper.yaml"])
@@ -53,7 +53,7 @@ def test_cli_rejects_bad_params_before_running(tmp_path, params, capsys):
 
 
 def test_cli_help_for_every_stage(capsys):
-    for stage in ["data", "saliency", "train", "evaluate", "report"]:
+    for stage in ["mirror", "data", "saliency", "train", "evaluate", "report"]:
         with pytest.raises(SystemExit) as exit_info:
             main([stage, "--help"])
         assert exit_info.value.code == 0
@@ -61,7 +61,8 @@ def test_cli_help_for_every_stage(capsys):
 
 
 @pytest.mark.parametrize(("name", "kind", "processes"), [
-    ("cpu", "NO", 1), ("ddp_8gpu", "MULTI_GPU", 8), ("fsdp_8gpu", "FSDP", 8), ("zero2_8gpu", "DEEPSPEED", 8)])
+    ("cpu", "NO", 1), ("ddp_8gpu", "MULTI_GPU", 8), ("ddp_2proc", "MULTI_GPU", 2), ("fsdp_8gpu", "FSDP", 8),
+    ("zero2_8gpu", "DEEPSPEED", 8)])
 def test_accelerate_configs_parse_and_say_how_to_launch(repo, name, kind, processes):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -75,3 +76,69 @@ def test_paper_profile_points_at_an_existing_accelerate_config(repo):
     params = load_params(repo / "params" / "paper.yaml")
     assert (repo / params["train"]["accelerate_config"]).is_file()
     assert params["model"]["lora"] and params["train"]["grad_cache_chunk_size"]
+
+
+def test_params_are_frozen_and_defaults_come_from_the_schema(repo):
+    params = load_params(repo / "params" / "default.yaml")
+    with pytest.raises(TypeError, match="read-only"):
+        params["train"]["lr"] = 1.0  # type: ignore[index]
+    with pytest.raises(TypeError, match="read-only"):
+        params.train.seeds.append(3)  # lists are frozen too
+    raw = yaml.safe_load((repo / "params" / "default.yaml").read_text())
+    raw["variants"]["ssame"].pop("attn_layers")
+    raw["train"].pop("checkpoint_every")
+    filled = as_params(raw)
+    assert filled["variants"]["ssame"]["attn_layers"] == [-1]
+    assert filled["train"]["checkpoint_every"] is None
+    assert filled["data"]["hub"] is None and filled["model"]["lora"] is None
+
+
+def test_every_optional_key_has_one_schema_default():
+    """Each property the schema does not require carries a `default:` (the one place defaults are written), so
+    code never needs `.get(key, fallback)`."""
+    from ssame.config import schema
+
+    missing = []
+
+    def walk(node, path):
+        node = node if "$ref" not in node else schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        required = set(node.get("required", []))
+        for key, sub in node.get("properties", {}).items():
+            target = sub if "$ref" not in sub else schema()["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+            if key not in required and "default" not in sub and "default" not in target:
+                missing.append(f"{path}{key}")
+            walk(sub, f"{path}{key}.")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}*.")
+
+    walk(schema(), "")
+    assert not missing, f"optional keys without a schema default: {missing}"
+
+
+def test_hard_negatives_cannot_be_left_out_silently(params):
+    params["train"].pop("hard_negatives")
+    with pytest.raises(ParamsError, match="hard_negatives"):
+        validate_params(params)
+
+
+def test_dead_profile_key_is_rejected(params):
+    params["profile"] = "paper"
+    with pytest.raises(ParamsError, match="profile"):
+        validate_params(params)
+
+
+def test_fingerprint_follows_the_named_sections(params):
+    base = as_params(params)
+    params["evaluate"]["batch_size"] = 7
+    changed = as_params(params)
+    assert base.fingerprint("train", "model") == changed.fingerprint("train", "model")
+    assert base.fingerprint() != changed.fingerprint()
+
+
+def test_params_pickle_for_worker_processes(repo):
+    import pickle
+
+    params = load_params(repo / "params" / "paper.yaml")
+    assert pickle.loads(pickle.dumps(params)) == params
+    hub = params["data"]["hub"]
+    assert pickle.loads(pickle.dumps(hub))["train_datasets"] == hub["train_datasets"]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from ssame.config import ParamsError, as_params, load_params
 from ssame.data import build, io
-from ssame.data.mini import DATASETS, check_config, dataset_scenes, num_candidates
+from ssame.data.mini import DATASETS, dataset_scenes, num_candidates
 from ssame.data.mini.scene import HELD_OUT
 
 MINI = {
@@ -25,7 +26,10 @@ MINI = {
 
 
 def _params(root, **mini) -> dict:
-    return {"results_dir": str(root), "data": {"source": "mini", "mini": {**MINI, **mini}, "tokenizer": None}}
+    params = load_params(Path(__file__).resolve().parents[1] / "params" / "default.yaml").to_dict()
+    params["results_dir"] = str(root)
+    params["data"] = {"source": "mini", "mini": {**MINI, **mini}, "tokenizer": {"vocab_size": 300}}
+    return params
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +138,18 @@ def test_distractors_share_subject_attributes():
 
 def test_num_candidates_and_config_errors():
     assert {num_candidates(s, MINI) for s in DATASETS if s.meta_task == "retrieval"} == {16}
-    bad = copy.deepcopy(MINI)
-    del bad["vqa_candidates"]
-    with pytest.raises(KeyError, match=r"data\.mini\.vqa_candidates"):
-        check_config(bad)
-    with pytest.raises(ValueError, match=r"data\.mini\.image_size"):
-        check_config({**MINI, "image_size": 0})
+    params = _params("unused")
+    del params["data"]["mini"]["vqa_candidates"]
+    with pytest.raises(ParamsError, match=r"data\.mini.*vqa_candidates"):
+        as_params(params)
+    with pytest.raises(ParamsError, match=r"data\.mini\.image_size"):
+        as_params(_params("unused", image_size=0))
+    with pytest.raises(ParamsError, match=r"data\.mini\.vqa_candidates"):  # more than the 19 attribute words
+        as_params(_params("unused", vqa_candidates=20))
 
 
 def test_bad_source(tmp_path):
-    with pytest.raises(ValueError, match=r"data\.source"):
-        build({"results_dir": str(tmp_path), "data": {"source": "web"}})
+    params = _params(tmp_path)
+    params["data"]["source"] = "web"
+    with pytest.raises(ParamsError, match=r"data\.source"):
+        build(params)

@@ -34,3 +34,11 @@ def test_instruction_lookup():
     assert instruction("ImageNet-1K", "tgt") == ""
     with pytest.raises(KeyError, match="NotADataset"):
         instruction("NotADataset", "qry")
+
+
+def test_instructions_are_what_mmeb_eval_texts_say():
+    """The MMEB-eval texts, not the paper's table: Wiki-SS-NQ says "document image" / "Represent the given image",
+    MSCOCO grounding's queries "Crop the image to to isolate ..." (docs/evaluation.md)."""
+    assert instruction("Wiki-SS-NQ", "qry") == "Find the document image that can answer the given query"
+    assert instruction("Wiki-SS-NQ", "tgt") == "Represent the given image"
+    assert instruction("MSCOCO", "qry") == "Crop the image to to isolate the object labeled as"

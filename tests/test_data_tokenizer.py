@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from ssame.config import ParamsError, as_params
 from ssame.data import build
 from ssame.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
@@ -26,11 +27,18 @@ def test_special_tokens_and_padding():
     tok = train_tokenizer(CORPUS, 300)
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
     assert tok.eos_token == tok.pad_token == "<|endoftext|>" and tok.padding_side == "left"
-    with pytest.raises(ValueError, match="vocab_size"):
-        train_tokenizer(CORPUS, 100)
 
 
-def test_saved_tokenizer_deterministic(tmp_path):
+def test_vocab_size_minimum_is_the_schemas(default_params):
+    """The schema's minimum (300) is the only check: 299 is refused naming the key, 300 builds."""
+    params = default_params.to_dict()
+    params["data"]["tokenizer"]["vocab_size"] = 299
+    with pytest.raises(ParamsError, match=r"data\.tokenizer\.vocab_size"):
+        as_params(params)
+    assert len(train_tokenizer(CORPUS, 300)) == 300
+
+
+def test_saved_tokenizer_deterministic(tmp_path, default_params):
     mini = {
         "seed": 3,
         "image_size": 64,
@@ -42,12 +50,10 @@ def test_saved_tokenizer_deterministic(tmp_path):
     }
     outs = []
     for name in ("a", "b"):
-        build(
-            {
-                "results_dir": str(tmp_path / name),
-                "data": {"source": "mini", "mini": mini, "tokenizer": {"vocab_size": 400}},
-            }
-        )
+        params = default_params.to_dict()
+        params["results_dir"] = str(tmp_path / name)
+        params["data"] = {"source": "mini", "mini": mini, "tokenizer": {"vocab_size": 400}}
+        build(params)
         outs.append(tmp_path / name / "data" / "tokenizer")
     files = sorted(p.name for p in outs[0].iterdir())
     assert "tokenizer.json" in files and files == sorted(p.name for p in outs[1].iterdir())

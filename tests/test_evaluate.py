@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import ssame.evaluate as ev
-from ssame.config import Paths
+from ssame.config import Paths, as_params
 from ssame.data import io
 from ssame.evaluate import evaluate, outputs
 from ssame.evaluate.aggregate import aggregate
@@ -91,7 +91,6 @@ GOOD = {"qry_text": ["q0", "q1"], "qry_img_path": ["", ""], "tgt_text": [["a", "
 
 @pytest.mark.parametrize("change, message", [
     ({"tgt_text": [["a", "b"], []], "tgt_img_path": [["", ""], []]}, "row 1 .*empty candidate list"),
-    ({"tgt_text": [["a", "b"], ["c", "c"]]}, "row 1 repeats its ground truth .*\\[1\\]"),
     ({"tgt_img_path": [["", ""], [""]]}, "row 1 is ragged: 2 tgt_text vs 1 tgt_img_path"),
 ])
 def test_malformed_eval_rows_are_refused_naming_dataset_and_row(tmp_path, change, message):
@@ -227,3 +226,122 @@ def test_two_processes_write_identical_files(trained, evaluated, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _files(Paths.from_params(trained).eval("ssame", 0)) == expected
+
+
+# --- fidelity to VLM2Vec's evaluator and bad input in the data (docs/evaluation.md) ---------------------------------
+
+SUBSET = ("MiniAttrVQA", "MiniT2I")  # image+text queries -> text answers; text queries -> image candidates
+
+
+@pytest.fixture
+def subset(trained, tmp_path) -> dict:
+    """A copy of the trained run's data, saliency and model with a manifest of `SUBSET` only (free to corrupt)."""
+    params = copy.deepcopy(trained)
+    src, dst = Paths.from_params(trained).results, tmp_path / "results"
+    for part in ("data", "saliency", "train"):
+        shutil.copytree(src / part, dst / part)
+    params["results_dir"] = str(dst)
+    manifest = io.read_manifest(dst / "data")
+    io.write_manifest(dst / "data", manifest[manifest["dataset"].isin(SUBSET)].to_dict("records"))
+    return params
+
+
+def _scores(params, dataset) -> dict:
+    return json.loads(outputs.scores_path(Paths.from_params(params).eval("ssame", 0), dataset).read_text())
+
+
+def test_eval_texts_are_not_truncated_and_mmeb_mini_texts_fit_anyway(trained):
+    """`evaluate.max_text_tokens: null` cuts nothing (VLM2Vec); MMEB-mini's texts are shorter than the training cut,
+    so the miniature's numbers are those of the cut it had before."""
+    from transformers import AutoTokenizer
+
+    from ssame.data.prompts import substitute_image_token
+
+    data_dir = Paths.from_params(trained).data
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    longest = 0
+    for name in io.read_manifest(data_dir)["dataset"]:
+        frame = io.read_eval(data_dir, name)
+        for text in {*frame["qry_text"], *(t for texts in frame["tgt_text"] for t in texts)}:
+            parts = substitute_image_token(text, "qwen2_vl").split("<|image_pad|>")
+            longest = max(longest, sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in parts))
+    assert 0 < longest <= trained["train"]["max_text_tokens"]
+    assert ev.DatasetEvaluator(as_params(trained), "ssame", 0).build.max_text_tokens is None
+    cut = copy.deepcopy(trained)
+    cut["evaluate"]["max_text_tokens"] = 7
+    assert ev.DatasetEvaluator(as_params(cut), "ssame", 0).build.max_text_tokens == 7
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"image_pixels": 4096}, r"min/max pixels \(9216, 9216\), params model give 4096"),
+    ({"image_resize": "square", "image_side": 64}, r"params model give 4096"),
+    ({"mrope": "vlm2vec_1d"}, "trained with mrope 'grouped'"),
+])
+def test_evaluation_refuses_a_model_trained_with_other_image_or_position_settings(trained, change, message):
+    params = copy.deepcopy(trained)
+    params["model"].update(change)
+    with pytest.raises(ValueError, match=message):
+        ev.DatasetEvaluator(as_params(params), "ssame", 0)
+
+
+def test_duplicated_ground_truth_and_unexpected_candidate_count_are_scored_and_counted(subset, caplog):
+    """VLM2Vec scores both (first-argmax: a tie with the ground truth is correct); we warn and count them."""
+    data_dir = Paths.from_params(subset).data
+    manifest = io.read_manifest(data_dir).set_index("dataset")
+    frame = io.read_eval(data_dir, "MiniAttrVQA")
+    frame.at[0, "tgt_text"] = [frame["tgt_text"][0][0]] * len(frame["tgt_text"][0])  # only copies of the truth
+    frame.at[0, "tgt_img_path"] = [frame["tgt_img_path"][0][0]] * len(frame["tgt_img_path"][0])
+    frame.at[1, "tgt_text"], frame.at[1, "tgt_img_path"] = frame["tgt_text"][1][:-1], frame["tgt_img_path"][1][:-1]
+    io.write_eval(data_dir, "MiniAttrVQA", frame)
+    io.write_eval_checks(data_dir, {name: io.eval_checks(io.read_eval(data_dir, name),
+                                                         int(manifest.at[name, "num_candidates"]))
+                                    for name in SUBSET})
+    with caplog.at_level("WARNING", logger="ssame.evaluate.rows"):
+        evaluate(subset, "ssame", 0)
+    scores = _scores(subset, "MiniAttrVQA")
+    assert scores["duplicated_ground_truth_rows"] == 1 and scores["candidate_count_mismatch_rows"] == 1
+    assert _scores(subset, "MiniT2I")["duplicated_ground_truth_rows"] == 0
+    assert "1 duplicated ground truth rows" in caplog.text
+    predictions = outputs.read_predictions(Paths.from_params(subset).eval("ssame", 0), "MiniAttrVQA")
+    assert predictions["rank"][0] == 1 and predictions["ranking"][0][0] == 0
+
+
+def _unreadable_target(params) -> tuple[str, list[int]]:
+    """An image among MiniT2I's candidates, recorded as unreadable; the rows that reference it."""
+    data_dir = Paths.from_params(params).data
+    frame = io.read_eval(data_dir, "MiniT2I")
+    path = frame["tgt_img_path"][1][0]
+    io.write_unreadable(data_dir, {path: "UnidentifiedImageError: cannot identify image file"}, {})
+    return path, [r for r, images in enumerate(frame["tgt_img_path"]) if path in images]
+
+
+def test_a_row_with_an_unreadable_image_stops_evaluation_naming_it(subset):
+    path, bad_rows = _unreadable_target(subset)
+    with pytest.raises(io.DataFormatError, match=rf"dataset MiniT2I: row {bad_rows[0]} column 'tgt_img_path' image "
+                                                 rf"'{path}' is unreadable \(UnidentifiedImageError.*drop_unreadable"):
+        evaluate(subset, "ssame", 0)
+
+
+def test_drop_unreadable_drops_and_reports_the_rows(subset):
+    path, bad_rows = _unreadable_target(subset)
+    subset["evaluate"]["drop_unreadable"] = True
+    summary = evaluate(subset, "ssame", 0)
+    scores, total = _scores(subset, "MiniT2I"), len(io.read_eval(Paths.from_params(subset).data, "MiniT2I"))
+    assert 0 < len(bad_rows) < total
+    assert scores["dropped_rows"] == len(bad_rows) and scores["num_queries"] == total - len(bad_rows)
+    assert scores["dropped_images"] == {path: "UnidentifiedImageError: cannot identify image file"}
+    predictions = outputs.read_predictions(Paths.from_params(subset).eval("ssame", 0), "MiniT2I")
+    assert predictions["query"].tolist() == [r for r in range(total) if r not in bad_rows]
+    assert scores["hit_at_1"] == predictions["correct"].mean() == summary["per_dataset"]["MiniT2I"]
+    assert _scores(subset, "MiniAttrVQA")["dropped_rows"] == 0
+
+
+def test_an_image_that_fails_to_decode_names_dataset_row_and_column(subset):
+    data_dir = Paths.from_params(subset).data
+    frame = io.read_eval(data_dir, "MiniAttrVQA")
+    path = frame["qry_img_path"][2]
+    (io.image_root(data_dir) / path).write_bytes(b"not an image")
+    row = frame["qry_img_path"].tolist().index(path)
+    with pytest.raises(io.DataFormatError, match=rf"dataset MiniAttrVQA: row {row} column 'qry_img_path' image "
+                                                 rf"'{path}' cannot be decoded: unreadable or corrupt image"):
+        evaluate(subset, "ssame", 0)

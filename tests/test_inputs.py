@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import Qwen2VLForConditionalGeneration
@@ -67,3 +68,67 @@ def test_visual_tokens_get_grid_positions(builder, tiny_stack):
     assert torch.equal(pos[2][visual], start + cols.flatten())
     after = pos[:, visual.nonzero().max() + 1:]
     assert torch.equal(after, (start + 6 + torch.arange(after.shape[1])).expand(3, -1))
+
+
+def test_no_truncation_keeps_every_text_token(tokenizer, tiny_stack, image_dir):
+    """`evaluate.max_text_tokens: null` (VLM2Vec evaluates uncut texts)."""
+    before, after = "a red circle on the left " * 8, " what colour is the square?\n" * 8
+    batch = InputBuilder(tokenizer, tiny_stack[1], image_dir, None)([f"{before}<|image_1|>{after}", after],
+                                                                     ["img0.png", ""])
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert _row(batch, 0) == _ids(tokenizer, before) + [pad] * 36 + _ids(tokenizer, after)
+    assert _row(batch, 1) == _ids(tokenizer, after)
+
+
+def test_tokens_match_the_whole_string_as_vlm2vec_tokenises_it(tokenizer, tiny_stack, image_dir):
+    """VLM2Vec's processor expands the pad in the string and tokenises it whole; MMEB's trailing newline stays the
+    last (pooled) token."""
+    texts = ["<|image_1|>\nRepresent the given image with the following question: what colour?\n",
+             "Find me an everyday image that matches the given caption: a red square.\n",
+             "<|image_1|>\nFind a Wikipedia image that answers this question: why?\n"]
+    batch = InputBuilder(tokenizer, tiny_stack[1], image_dir, None)(texts, ["img0.png", "", ""])
+    for row, (text, pads) in enumerate(zip(texts, [36, 0, 1], strict=True)):
+        expanded = text.replace("<|image_1|>", "<|image_pad|>" * max(pads, 1))
+        assert _row(batch, row) == _ids(tokenizer, expanded)
+        assert _row(batch, row)[-1] == _ids(tokenizer, text.split(" ")[-1])[-1]
+
+
+def _square_tensors(tokenizer, processor, root, side):
+    return InputBuilder(tokenizer, processor, root, 16, image_side=side)(["<|image_1|> x"], ["img.png"])
+
+
+def test_square_resize_as_vlm2vec(tokenizer, default_params, tmp_path):
+    """`model.image_resize: square`: every image is resized to side x side first (VLM2Vec's 1344 x 1344)."""
+    from PIL import Image
+
+    from ssame.model.backbone import image_processor_for
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 160, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    params = default_params.to_dict()
+    params["model"].update(image_resize="square", image_side=96)
+    square = _square_tensors(tokenizer, image_processor_for(params), tmp_path, 96)
+    assert square.grids == [(6, 6)]
+    resized = Image.open(tmp_path / "img.png").resize((96, 96)).convert("RGB")
+    expected = image_processor_for(params)(images=[resized], return_tensors="pt")
+    assert torch.equal(square.inputs["pixel_values"], expected["pixel_values"])
+    pixels = InputBuilder(tokenizer, image_processor_for(default_params), tmp_path, 16)(["<|image_1|> x"], ["img.png"])
+    assert pixels.grids != square.grids  # the pixel budget keeps the aspect ratio
+    with pytest.raises(ValueError, match="multiple of patch_size x merge_size = 16"):
+        _square_tensors(tokenizer, image_processor_for(params), tmp_path, 100)
+    with pytest.raises(ValueError, match="resized again"):
+        _square_tensors(tokenizer, image_processor_for(params), tmp_path, 128)  # processor budget is 96²
+
+
+def test_square_and_pixels_agree_on_mmeb_mini_images(tokenizer, default_params, image_dir):
+    """MMEB-mini's 96 x 96 images: `square` with side 96 and `pixels` 9216 give identical tensors."""
+    from ssame.model.backbone import image_processor_for
+
+    params = default_params.to_dict()
+    params["model"].update(image_resize="square", image_side=96)
+    texts, images = ["<|image_1|> a", "b", "<|image_1|> c"], ["img0.png", "", "img2.png"]
+    square = InputBuilder(tokenizer, image_processor_for(params), image_dir, 16, image_side=96)(texts, images)
+    pixels = InputBuilder(tokenizer, image_processor_for(default_params), image_dir, 16)(texts, images)
+    assert square.inputs.keys() == pixels.inputs.keys()
+    for key, value in pixels.inputs.items():
+        assert torch.equal(square.inputs[key], value), key

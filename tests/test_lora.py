@@ -39,7 +39,9 @@ def _hidden(backbone: Qwen2VLForConditionalGeneration, batch) -> tuple[torch.Ten
 
 def _train_step(peft_model, batch) -> float:
     """One AdamW step over ALL parameters (as the recipe does) on an InfoNCE-like loss through the Embedder."""
-    embedder = Embedder(peft_model.get_base_model(), {"feature_regen": False, "attn_loss_weight": 0.0}).train()
+    baseline = {"feature_regen": False, "attn_loss_weight": 0.0, "subject_loss_weight": 0.0}
+    embedder = Embedder(peft_model.get_base_model(), baseline,
+                        mrope="grouped").train()
     optimizer = torch.optim.AdamW(embedder.parameters(), lr=1e-2, weight_decay=0.01)
     emb = embedder(batch).embeddings
     loss = torch.logsumexp(emb @ emb.T / 0.1, dim=-1).mean() - (emb[0] @ emb[2]) / 0.1

@@ -5,6 +5,7 @@ from transformers import Qwen2VLForConditionalGeneration
 
 from ssame.model import Embedder, InputBuilder
 from ssame.model.backbone import tiny_config
+from ssame.model.inputs import ImageDecodeError
 
 TEXTS = ["<|image_1|> Represent the given image.", "a red square", "<|image_1|> what colour is the square?"]
 IMAGES = ["img0.png", "", "img1.png"]
@@ -22,10 +23,11 @@ def builder(tokenizer, tiny_stack, image_dir):
     return InputBuilder(tokenizer, tiny_stack[1], image_dir, max_text_tokens=16)
 
 
-def _embedder(tiny_stack, **variant):
+def _embedder(tiny_stack, mrope="grouped", **variant):
     torch.manual_seed(0)
     backbone = Qwen2VLForConditionalGeneration(tiny_stack[0])
-    return Embedder(backbone, {"feature_regen": False, "attn_loss_weight": 0.0, **variant}).eval()
+    variant = {"feature_regen": False, "attn_loss_weight": 0.0, "subject_loss_weight": 0.0, **variant}
+    return Embedder(backbone, variant, mrope=mrope).eval()
 
 
 def test_inputs_expand_one_pad_per_merged_token(builder, tokenizer):
@@ -44,8 +46,9 @@ def test_inputs_bad_input_errors(builder, image_dir):
     (image_dir / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"broken\.png"):
         builder(["x"], ["broken.png"])
-    with pytest.raises(ValueError, match="no image path"):
-        builder(["<|image_1|> hi"], [""])
+    with pytest.raises(ImageDecodeError) as caught:
+        builder(["x"], ["broken.png"])
+    assert caught.value.path == "broken.png"  # relative, so evaluation can name the dataset row
     with pytest.raises(ValueError, match="neither text nor image"):
         builder(["  "], [""])
 
@@ -90,18 +93,98 @@ def test_save_load_roundtrip(tmp_path, builder, tiny_stack, tokenizer):
     before = embedder(batch).embeddings
     embedder.save(tmp_path / "model", tokenizer, tiny_stack[1])
     assert (tmp_path / "model" / "backbone" / "model.safetensors").is_file()
-    loaded, tok, proc = Embedder.load(tmp_path / "model")
+    loaded, tok, proc = Embedder.load(tmp_path / "model", mrope="grouped")
     rebuilt = InputBuilder(tok, proc, builder.image_root, 16)(TEXTS, IMAGES, FakeStore())
     assert torch.equal(rebuilt.inputs["input_ids"], batch.inputs["input_ids"])
     assert torch.allclose(loaded.eval()(rebuilt).embeddings, before, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not an ssame model folder"):
-        Embedder.load(tmp_path)
+        Embedder.load(tmp_path, mrope="grouped")
 
 
-def test_image_cache_gives_identical_inputs(tokenizer, tiny_stack, image_dir):
-    plain = InputBuilder(tokenizer, tiny_stack[1], image_dir, 16)(TEXTS, IMAGES)
-    cached_builder = InputBuilder(tokenizer, tiny_stack[1], image_dir, 16, cache_images=True)
-    cached_builder(["<|image_1|> warm"], ["img1.png"])
-    cached = cached_builder(TEXTS, IMAGES)
-    for key, value in plain.inputs.items():
-        assert torch.equal(value, cached.inputs[key]), key
+# --- position ids: model.mrope ---------------------------------------------------------------------------------------
+
+MIXED = (["a red <|image_1|>\nwhat colour?\n", "a red square\n", "<|image_1|>\nRepresent the given image.\n"],
+         ["img0.png", "", "img1.png"])
+
+
+def _positions(embedder, batch) -> torch.Tensor:
+    """The position ids the Qwen2-VL text model receives for `batch`."""
+    seen = {}
+    hook = embedder.qwen.model.language_model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.update(pos=kwargs["position_ids"]), with_kwargs=True)
+    with torch.no_grad():
+        embedder(batch)
+    hook.remove()
+    return seen["pos"]
+
+
+def _old_encode(embedder, batch) -> torch.Tensor:
+    """The embeddings as the Embedder computed them before `model.mrope` existed: the core derives the positions."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs, core = batch.inputs, embedder.qwen.model
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    if "pixel_values" in inputs:
+        feats = core.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        if embedder.regen is not None:
+            feats = tuple(embedder.regen(f, torch.as_tensor(s.ravel())) for f, s in zip(feats, batch.saliency,
+                                                                                        strict=True))
+        kwargs |= {"image_grid_thw": inputs["image_grid_thw"],
+                   "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=feats)}}
+    with torch.no_grad():
+        out = core(**kwargs, use_cache=False)
+    return torch.nn.functional.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
+
+
+@pytest.mark.parametrize("regen", [False, True])
+def test_grouped_reproduces_the_previous_outputs_exactly(builder, tiny_stack, regen):
+    embedder = _embedder(tiny_stack, feature_regen=regen)
+    if regen:
+        with torch.no_grad():
+            embedder.regen.delta.fill_(0.3)
+    for texts, images in (MIXED, (["a red square\n", "what colour is the square?"], ["", ""])):
+        batch = builder(texts, images, FakeStore() if regen else None)
+        with torch.no_grad():
+            new = embedder(batch).embeddings
+        assert torch.equal(new, _old_encode(embedder, batch))
+
+
+def test_vlm2vec_1d_gives_every_token_its_1d_place(builder, tiny_stack):
+    batch = builder(*MIXED)
+    mask = batch.inputs["attention_mask"].bool()
+    pos = _positions(_embedder(tiny_stack, mrope="vlm2vec_1d"), batch)
+    assert pos.shape == (3, *mask.shape) and torch.equal(pos[0], pos[1]) and torch.equal(pos[0], pos[2])
+    for row in range(mask.shape[0]):  # 0, 1, 2, ... over the unpadded tokens, image tokens included
+        assert torch.equal(pos[0, row][mask[row]], torch.arange(int(mask[row].sum())))
+    grouped = _positions(_embedder(tiny_stack, mrope="grouped"), batch)
+    visual = batch.inputs["mm_token_type_ids"][0].bool()
+    assert not torch.equal(grouped[1, 0][visual], grouped[2, 0][visual])  # 3-D: rows and columns of the grid
+
+
+def test_vlm2vec_1d_embedding_ignores_left_padding(builder, tiny_stack):
+    """VLM2Vec's copy hands later batches 0..L-1 including the padding: a per-row shift RoPE cancels."""
+    embedder = _embedder(tiny_stack, mrope="vlm2vec_1d")
+    with torch.no_grad():
+        alone = embedder(builder(MIXED[0][1:2], MIXED[1][1:2])).embeddings
+        padded = embedder(builder(*MIXED)).embeddings[1:2]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_placeholder_without_image_is_a_literal_text_token_in_a_mixed_batch(builder, tiny_stack, tokenizer):
+    """MMEB's WebQA queries hold `<|image_1|>` but no image: VLM2Vec keeps one unexpanded `<|image_pad|>`."""
+    texts = ["<|image_1|>\nFind a Wikipedia image that answers this question: why?\n", MIXED[0][2]]
+    batch = builder(texts, ["", "img1.png"])
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert (batch.inputs["input_ids"][0] == pad).sum() == 1 and not batch.inputs["mm_token_type_ids"][0].any()
+    for mrope in ("grouped", "vlm2vec_1d"):
+        out = _embedder(tiny_stack, mrope=mrope)(batch, with_attention=True)
+        assert torch.isfinite(out.embeddings).all() and [a.shape[0] for a in out.visual_attention] == [36]
+
+
+def test_mrope_is_recorded_with_the_model(tmp_path, tiny_stack, tokenizer):
+    _embedder(tiny_stack, mrope="vlm2vec_1d").save(tmp_path / "model", tokenizer, tiny_stack[1])
+    assert Embedder.load(tmp_path / "model", mrope="vlm2vec_1d")[0].mrope == "vlm2vec_1d"
+    with pytest.raises(ValueError, match="trained with mrope 'vlm2vec_1d'"):
+        Embedder.load(tmp_path / "model", mrope="grouped")
+    with pytest.raises(ValueError, match="mrope must be one of"):
+        _embedder(tiny_stack, mrope="3d")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -65,7 +66,8 @@ def _write_inputs(results: Path) -> None:
             path.write_text(json.dumps(record))
             for name in DATASETS:
                 ranks = _ranks(variant, seed, name).tolist()
-                write_predictions(path.parent / "predictions" / f"{name}.jsonl", ranks, [[0]] * QUERIES)
+                write_predictions(path.parent / "predictions" / f"{name}.jsonl", list(range(QUERIES)), ranks,
+                                  [[0]] * QUERIES)
     data = results / "data"
     (data / "eval").mkdir(parents=True)
     rows = [(name, task, split, 4, 2, 8 if split == "IND" else 0) for name, (task, split) in DATASETS.items()]
@@ -86,7 +88,7 @@ def _write_inputs(results: Path) -> None:
                 pixels = np.random.default_rng(index).integers(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
                 Image.fromarray(pixels).save(data / root / image)
         maps = np.random.default_rng(index).random((len(images), MAP_SIZE, MAP_SIZE)).astype(np.float16)
-        write_shard(shards / f"{name}.npz", dict(zip(images, maps, strict=True)), {}, MAP_SIZE)
+        write_shard(shards, name, dict(zip(images, maps, strict=True)), {}, MAP_SIZE, {})
         write_subjects(shards / f"{name}.subjects.jsonl", [])
     shard_names = [name for name in DATASETS if name != "TextRet"]
     (results / "saliency" / "manifest.json").write_text(json.dumps({"shards": shard_names}))
@@ -99,11 +101,13 @@ def _write_inputs(results: Path) -> None:
 
 
 @pytest.fixture
-def params(tmp_path: Path) -> dict:
+def params(tmp_path: Path, default_params) -> dict:
     _write_inputs(tmp_path / "results")
-    return {"results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
-            "train": {"variants": VARIANTS, "seeds": SEEDS}, "model": {"backbone": "tiny"},
-            "evaluate": {"bootstrap": BOOTSTRAP}}
+    params = copy.deepcopy(default_params)
+    params.update(results_dir=str(tmp_path / "results"), reports_dir=str(tmp_path / "reports"))
+    params["train"].update(variants=VARIANTS, seeds=SEEDS)
+    params["evaluate"]["bootstrap"] = BOOTSTRAP
+    return params
 
 
 def test_build_writes_tables_and_figures(params: dict) -> None:
@@ -158,7 +162,7 @@ def test_missing_key_names_key(params: dict) -> None:
 
 
 def test_single_seed_std_is_zero(params: dict) -> None:
-    build({**params, "train": {"variants": VARIANTS, "seeds": [0]}})
+    build({**params, "train": {**params["train"], "variants": VARIANTS, "seeds": [0]}})
     ablation = pd.read_csv(Path(params["reports_dir"]) / "tables" / "ablation.csv", dtype=str)
     summary = ablation[ablation["seed"] == SUMMARY_LABEL]
     assert summary["overall"].str.endswith(" ± 0.0").all()
@@ -175,6 +179,26 @@ def test_saliency_quality_table_and_method_figures(params: dict) -> None:
         with Image.open(reports / "figures" / f"saliency_{method}.png") as image:
             assert image.size[0] > 0
 
+
+
+def test_saliency_overlays_read_only_the_maps_they_draw(params: dict, monkeypatch) -> None:
+    """The overlay figure opens the lazy store and reads one map per drawn row, however many maps the shards hold."""
+    from ssame.report.figures import saliency_overlays
+    from ssame.saliency import store
+
+    results = Path(params["results_dir"])
+    shards = results / "saliency" / "shards"
+    extra = {f"ShapeCls/extra{i}.png": np.zeros((MAP_SIZE, MAP_SIZE)) for i in range(500)}
+    write_shard(shards, "Extra", extra, {}, MAP_SIZE, {})
+    manifest = json.loads((results / "saliency" / "manifest.json").read_text())
+    (results / "saliency" / "manifest.json").write_text(json.dumps({**manifest, "shards": [*manifest["shards"],
+                                                                                          "Extra"]}))
+    reads = []
+    original = store._Table.map
+    monkeypatch.setattr(store._Table, "map", lambda table, row: reads.append(row) or original(table, row))
+    saliency_overlays(results, list(DATASETS), Path(params["reports_dir"]) / "overlays.png")
+    drawn = [name for name in DATASETS if name != "TextRet"]  # the text-only dataset has no query image
+    assert len(reads) == len(drawn)
 
 
 def test_group_without_datasets_is_an_empty_cell(params: dict) -> None:
@@ -250,7 +274,8 @@ def test_identical_variants_are_not_significant(params: dict) -> None:
     shutil.copytree(results / VARIANTS[0], results / "copy")
     for path in (results / "copy").glob("seed*/aggregate.json"):
         path.write_text(json.dumps({**json.loads(path.read_text()), "variant": "copy"}))
-    build({**params, "train": {"variants": [VARIANTS[0], "copy"], "seeds": SEEDS}})
+    build({**params, "train": {**params["train"], "variants": [VARIANTS[0], "copy"], "seeds": SEEDS},
+           "variants": {**params["variants"], "copy": params["variants"][VARIANTS[0]]}})
     table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
     assert (table["delta"] == 0).all() and (table["p_value"] == 1).all()
 
@@ -286,7 +311,7 @@ def test_benchmark_label() -> None:
 
 def test_predictions_with_different_query_counts_name_the_files(params: dict) -> None:
     path = Path(params["results_dir"]) / "eval" / VARIANTS[1] / "seed1" / "predictions" / "ShapeVQA.jsonl"
-    write_predictions(path, [1, 2], [[0], [1]])
+    write_predictions(path, [0, 1], [1, 2], [[0], [1]])
     with pytest.raises(ValueError, match=r"'ShapeVQA'.*seeds disagree.*seed1/predictions/ShapeVQA\.jsonl': 2"):
         build(params)
 

@@ -103,14 +103,15 @@ def test_store_pairs_override_image_maps_and_resize(tmp_path):
     image_map = np.zeros((8, 8), dtype=np.float32)
     image_map[:4, :4] = 1.0
     pair_map = 1.0 - image_map
-    write_shard(shards / "A.npz", {"x/a.png": image_map}, {("the red circle", "x/a.png"): pair_map}, 8)
+    key = ("the red circle", "x/a.png")
+    write_shard(shards, "A", {"x/a.png": image_map}, {key: pair_map}, 8, {key: "red circle"})
     write_subjects(shards / "A.subjects.jsonl", [("the red circle", "x/a.png", ["red circle", "circle"]),
                                                  ("other text", "x/a.png", [])])
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["A"]}))
     store = SaliencyStore(tmp_path)
     assert store.subject("the red circle", "x/a.png") == "red circle"
     assert store.subject("other text", "x/a.png") is None
-    assert "x/a.png" in store
+    assert "x/a.png" in store and "x/b.png" not in store
     np.testing.assert_array_equal(store.map("x/a.png"), image_map)
     np.testing.assert_array_equal(store.map("x/a.png", text="other text"), image_map)
     np.testing.assert_array_equal(store.map("x/a.png", text="the red circle"), pair_map)
@@ -119,18 +120,56 @@ def test_store_pairs_override_image_maps_and_resize(tmp_path):
         store.map("nope.png")
 
 
+def test_store_later_shard_wins_and_every_key_is_found(tmp_path):
+    shards = tmp_path / "shards"
+    rng = np.random.default_rng(0)
+    first = {f"d/{i}.png": rng.random((4, 4)).astype(np.float16) for i in range(300)}
+    pairs = {(f"text {i} \u00e9", f"d/{i}.png"): rng.random((4, 4)).astype(np.float16) for i in range(0, 300, 7)}
+    write_shard(shards, "A", first, pairs, 4, {k: f"subject {k[0]}" for k in pairs})
+    write_shard(shards, "B", {"d/0.png": np.ones((4, 4))}, {}, 4, {})
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["A", "B"]}))
+    store = SaliencyStore(tmp_path)
+    np.testing.assert_array_equal(store.map("d/0.png"), np.ones((4, 4)))
+    for path, sal in list(first.items())[1:]:
+        np.testing.assert_array_equal(store.map(path), sal.astype(np.float32))
+    for (text, image), sal in pairs.items():
+        assert store.subject(text, image) == f"subject {text}"
+        np.testing.assert_array_equal(store.map(image, text=text), sal.astype(np.float32))
+    assert store.subject("text 1 \u00e9", "d/1.png") is None
+
+
+def test_store_reads_only_the_maps_it_is_asked_for(tmp_path):
+    """Opening the store and reading a few maps allocates a few maps, not the shards (4,000 maps, 8 MB here)."""
+    import tracemalloc
+
+    maps = {f"d/{i}.png": np.full((32, 32), i % 7 / 7) for i in range(4000)}
+    write_shard(tmp_path / "shards", "A", maps, {}, 32, {})
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["A"]}))
+    tracemalloc.start()
+    try:
+        store = SaliencyStore(tmp_path)
+        read = [store.map(f"d/{i}.png", (4, 4)) for i in range(0, 4000, 1000)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(read) == 4 and peak < 512 * 1024, f"peak {peak / 2**20:.1f} MiB while reading 4 maps"
+
+
 def test_empty_shard_loads(tmp_path):
-    (tmp_path / "shards").mkdir()
-    write_shard(tmp_path / "shards" / "T.npz", {}, {}, 8)
+    write_shard(tmp_path / "shards", "T", {}, {}, 8, {})
     write_subjects(tmp_path / "shards" / "T.subjects.jsonl", [])
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["T"]}))
     assert "any.png" not in SaliencyStore(tmp_path)
+    assert SaliencyStore(tmp_path).subject("a", "any.png") is None
 
 
-def test_store_names_a_corrupt_subjects_file(tmp_path):
-    (tmp_path / "shards").mkdir()
-    write_shard(tmp_path / "shards" / "T.npz", {}, {}, 8)
-    (tmp_path / "shards" / "T.subjects.jsonl").write_text('{"text": "a", "image_path": "b.png"}\n')
+def test_store_names_a_missing_or_incomplete_shard(tmp_path):
+    (tmp_path / "shards" / "T").mkdir(parents=True)  # a shard whose writer died before shard.json
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": ["T"]}))
-    with pytest.raises(ValueError, match=r"T\.subjects\.jsonl:1"):
+    with pytest.raises(FileNotFoundError, match=r"shards/T"):
         SaliencyStore(tmp_path)
+
+
+def test_write_shard_needs_a_subject_for_every_pair_map(tmp_path):
+    with pytest.raises(ValueError, match="no subject phrase"):
+        write_shard(tmp_path, "T", {}, {("a", "b.png"): np.zeros((4, 4))}, 4, {})

@@ -1,33 +1,14 @@
-"""Detector experts (OWLv2, Grounding DINO, SAM refinement) on tiny random models saved and loaded from disk."""
+"""Detector experts (OWLv2, Grounding DINO, SAM refinement) on the rehearsal's tiny random models, loaded from disk."""
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import (
-    BertConfig,
-    BertTokenizer,
-    CLIPTokenizer,
-    GroundingDinoConfig,
-    GroundingDinoForObjectDetection,
-    GroundingDinoImageProcessor,
-    GroundingDinoProcessor,
-    Owlv2Config,
-    Owlv2ForObjectDetection,
-    Owlv2ImageProcessor,
-    Owlv2Processor,
-    ResNetConfig,
-    SamConfig,
-    SamImageProcessor,
-    SamModel,
-    SamProcessor,
-)
 
+from ssame.rehearsal.models import write_tiny_models
 from ssame.saliency.detectors import (
     GroundingDinoExpert,
     Owlv2Expert,
@@ -36,9 +17,8 @@ from ssame.saliency.detectors import (
     boxes_to_map,
     grounding_prompt,
 )
-from ssame.saliency.experts import EXPERTS
+from ssame.saliency.experts import EXPERTS, build_expert
 
-TINY = dict(num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
 SIZES = [(40, 70), (50, 30), (33, 33)]
 PHRASES = [["red circle", "blue square"], [], ["x"]]
 
@@ -50,80 +30,42 @@ def images() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def owl_dir(tmp_path_factory) -> Path:
-    """OWLv2 with a byte-level CLIP tokenizer (no merges) and 64-pixel inputs; zero box-head output layer, so every
-    patch predicts its prior box (a quarter of the image, centred on the patch) and boxes are never degenerate."""
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": i + len(chars) for i, c in enumerate(chars)}
-    bos, eos = len(vocab), len(vocab) + 1
-    vocab |= {"<|startoftext|>": bos, "<|endoftext|>": eos}
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
-                               tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16))
-    config = Owlv2Config(
-        text_config=dict(hidden_size=32, vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=bos,
-                         eos_token_id=eos, pad_token_id=eos, **TINY),
-        vision_config=dict(hidden_size=32, image_size=64, patch_size=16, **TINY), projection_dim=32)
-    torch.manual_seed(0)
-    model = Owlv2ForObjectDetection(config)
-    torch.nn.init.zeros_(model.box_head.dense2.weight)
-    path = tmp_path_factory.mktemp("owlv2")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+def models(tmp_path_factory) -> dict[str, Path]:
+    return write_tiny_models(tmp_path_factory.mktemp("models"), seed=0)
 
 
 @pytest.fixture(scope="module")
-def dino_dir(tmp_path_factory) -> Path:
-    """Grounding DINO with a tiny ResNet backbone, a one-layer BERT and a letter-level WordPiece vocabulary."""
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + [c for c in string.ascii_lowercase] + [
-        "##" + c for c in string.ascii_lowercase]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}),
-        tokenizer=BertTokenizer(vocab=vocab))
-    config = GroundingDinoConfig(
-        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
-                                     out_features=["stage2", "stage3", "stage4"]),
-        use_timm_backbone=False, use_pretrained_backbone=False,
-        text_config=BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, encoder_n_points=2, decoder_n_points=2,
-        max_text_len=32)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("grounding_dino")
-    GroundingDinoForObjectDetection(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+def owl_dir(models) -> Path:
+    return models["owlv2"]
 
 
 @pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory) -> Path:
-    """SAM on 64-pixel inputs (4 x 4 image embedding, 16 x 16 low-resolution masks)."""
-    processor = SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64},
-                                                               pad_size={"height": 64, "width": 64}))
-    config = SamConfig(
-        vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16, window_size=2, global_attn_indexes=[1], num_pos_feats=8,
-                           mlp_dim=32),
-        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                                 iou_head_hidden_dim=16))
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam")
-    SamModel(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+def dino_dir(models) -> Path:
+    return models["grounding_dino"]
+
+
+@pytest.fixture(scope="module")
+def sam_dir(models) -> Path:
+    return models["sam"]
+
+
+def _owl(owl_dir: Path, threshold: float = 0.0, batch_size: int = 2) -> Owlv2Expert:
+    return Owlv2Expert(owl_dir, revision=None, threshold=threshold, batch_size=batch_size, device="cpu")
+
+
+def _dino(dino_dir: Path, box_threshold: float = 0.0, text_threshold: float = 0.0) -> GroundingDinoExpert:
+    return GroundingDinoExpert(dino_dir, revision=None, box_threshold=box_threshold, text_threshold=text_threshold,
+                               batch_size=2, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def owl(owl_dir) -> Owlv2Expert:
-    return Owlv2Expert(owl_dir, threshold=0.0, batch_size=2)
+    return _owl(owl_dir)
 
 
 @pytest.fixture(scope="module")
 def dino(dino_dir) -> GroundingDinoExpert:
-    return GroundingDinoExpert(dino_dir, box_threshold=0.0, text_threshold=0.0, batch_size=2)
+    return _dino(dino_dir)
 
 
 def _check_maps(maps: list[np.ndarray], images: list[np.ndarray], phrases: list[list[str]]) -> None:
@@ -183,6 +125,8 @@ def test_owlv2_padded_queries_never_win(owl, images):
 
 def test_grounding_dino_maps(dino, images):
     _check_maps(dino(images, PHRASES), images, PHRASES)
+    for image in images:  # alone, unpadded by larger images: the coarsest feature level stays above 1 x 1
+        _check_maps(dino([image], [["x"]]), [image], [["x"]])
 
 
 def test_grounding_prompt():
@@ -190,9 +134,9 @@ def test_grounding_prompt():
 
 
 @pytest.mark.parametrize("make", [
-    lambda owl_dir, dino_dir: Owlv2Expert(owl_dir, threshold=1.01),
-    lambda owl_dir, dino_dir: GroundingDinoExpert(dino_dir, box_threshold=1.01),
-    lambda owl_dir, dino_dir: GroundingDinoExpert(dino_dir, box_threshold=0.0, text_threshold=1.01),
+    lambda owl_dir, dino_dir: _owl(owl_dir, threshold=1.01),
+    lambda owl_dir, dino_dir: _dino(dino_dir, box_threshold=1.01),
+    lambda owl_dir, dino_dir: _dino(dino_dir, box_threshold=0.0, text_threshold=1.01),
 ], ids=["owlv2", "dino_box", "dino_text"])
 def test_threshold_above_one_gives_zero_maps(make, owl_dir, dino_dir, images):
     expert = make(owl_dir, dino_dir)
@@ -213,8 +157,12 @@ def test_bad_input_raises(owl, dino, images_, phrases, match):
             expert(images_, phrases)
 
 
+def _refiner(sam_dir: Path, batch_size: int) -> SamRefiner:
+    return SamRefiner(sam_dir, revision=None, device="cpu", batch_size=batch_size)
+
+
 def test_sam_refined(owl, sam_dir, images):
-    refiner = SamRefiner(sam_dir)
+    refiner = _refiner(sam_dir, 2)
     refined = Refined(owl, refiner)
     assert refined.name == "owlv2+sam" and refined.phrase_conditioned
     maps = refined(images, PHRASES)
@@ -226,3 +174,43 @@ def test_sam_refined(owl, sam_dir, images):
     assert sal.max() in (0.0, 1.0)  # the degenerate box is dropped; the full-image box's mask is max-normalised
     with pytest.raises(ValueError, match="2 images but 1 detections"):
         refiner(images[:2], [(np.zeros((0, 4)), np.zeros(0))])
+
+
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_sam_is_batched_and_matches_one_image_at_a_time(sam_dir):
+    """All boxes of a batch of images go through one SAM forward pass; the masks equal one call per image, whatever
+    the other images' box counts (the processor needs equal counts, so shorter box lists are padded)."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 70), (50, 30), (33, 33), (64, 20),
+                                                                            (25, 45)]]
+    detections = [(np.array([[2, 3, 60, 35], [10, 0, 30, 20], [0, 0, 70, 40]]), np.array([0.9, 0.5, 0.3])),
+                  (np.zeros((0, 4)), np.zeros(0)),  # no box: an all-zero map and no SAM input
+                  (np.array([[5, 5, 20, 30]]), np.array([0.7])),
+                  (np.array([[0, 10, 20, 50], [3, 3, 15, 15]]), np.array([0.4, 0.8])),
+                  (np.array([[1, 1, 44, 24]]), np.array([1.0]))]
+    batched, single = _refiner(sam_dir, 3), _refiner(sam_dir, 1)
+    batched_calls, single_calls = _count_calls(batched.model), _count_calls(single.model)
+    together = batched(images, detections)
+    apart = [single([image], [detection])[0] for image, detection in zip(images, detections, strict=True)]
+    assert batched_calls[0] == 2  # 4 images with boxes, 3 per pass
+    assert single_calls[0] == 4
+    assert not together[1].any() and any(m.any() for m in together)  # non-trivial masks: the comparison bites
+    for a, b in zip(together, apart, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_build_expert_refines_on_the_detector_device(owl_dir, sam_dir, images):
+    """Params `sam: {model, revision}` wrap the detector in SAM refinement on the detector's (resolved) device."""
+    args = {"model": str(owl_dir), "revision": None, "threshold": 0.0, "batch_size": 2, "device": "auto"}
+    refined = build_expert("owlv2", **args, sam={"model": str(sam_dir), "revision": None})
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert isinstance(refined, Refined) and refined.detector.device == refined.refiner.device == expected
+    assert refined.refiner.batch_size == 2
+    assert next(refined.refiner.model.parameters()).device.type == expected.type
+    plain = build_expert("owlv2", **args, sam=None)
+    assert isinstance(plain, Owlv2Expert) and plain.device == expected

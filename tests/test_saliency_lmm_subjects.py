@@ -1,12 +1,13 @@
+"""LMM subject phrases (Qwen2-VL Instruct) on the rehearsal's tiny random Qwen2-VL, loaded from disk."""
+
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from ssame.data.tokenizer import train_tokenizer
+from ssame.rehearsal.models import write_tiny_models
 from ssame.saliency.lmm_subjects import LMMSubjects, build_prompt, parse_phrases
 
 TEXTS = ["<|image_1|> What is the position of the red circle?", "Is the blue square left of the green triangle?",
@@ -15,28 +16,13 @@ TEXTS = ["<|image_1|> What is the position of the red circle?", "Is the blue squ
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny random-init Qwen2-VL, its tokenizer (with chat tokens) and image processor, saved together."""
-    out = tmp_path_factory.mktemp("lmm")
-    tokenizer = train_tokenizer(TEXTS * 3, 320)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
-           for name in ["image_pad", "video_pad", "vision_start", "vision_end"]}
-    pad = tokenizer.pad_token_id
-    config = Qwen2VLConfig(
-        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "num_key_value_heads": 2, "vocab_size": len(tokenizer), "max_position_embeddings": 512,
-                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-                     "bos_token_id": pad, "eos_token_id": pad, "pad_token_id": pad},
-        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "patch_size": 8,
-                       "spatial_merge_size": 2, "temporal_patch_size": 2},
-        image_token_id=ids["image_pad"], video_token_id=ids["video_pad"],
-        vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"],
-    )
-    Qwen2VLForConditionalGeneration(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=64 * 64,
-                             max_pixels=64 * 64).save_pretrained(out)
-    return out
+    """The rehearsal's tiny Qwen2-VL in the LMM's place: tokenizer with chat tokens, image processor (patch 14)."""
+    return write_tiny_models(tmp_path_factory.mktemp("models"), seed=0)["lmm"]
+
+
+def _lmm(model_dir, max_new_tokens: int = 24, batch_size: int = 8) -> LMMSubjects:
+    return LMMSubjects(model_dir, revision=None, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       device="auto", dtype="float32")
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:
@@ -86,14 +72,14 @@ def test_parse_phrases(answer, phrases):
 
 
 def test_encode_expands_image_pads(model_dir, pairs):
-    subjects = LMMSubjects(model_dir)
+    subjects = _lmm(model_dir)
     inputs = subjects.encode(pairs)
     grids = inputs["image_grid_thw"]
-    assert grids.shape == (3, 3) and grids[0].tolist() == [1, 8, 8]
-    assert len(set(grids.prod(-1).tolist())) > 1  # the three image sizes give different token counts
+    # patch 14, merge 2 as in Qwen2-VL: 64 x 64 -> 56 x 56 pixels -> 4 x 4 patches -> 2 x 2 merged tokens
+    assert grids.shape == (3, 3) and grids.tolist() == [[1, 4, 4], [1, 4, 6], [1, 8, 2]]
     pad_id = subjects.image_token_id
     tokens = [int(g.prod()) // 4 for g in grids]
-    assert tokens[0] == 16
+    assert tokens == [4, 6, 4]
     assert (inputs["input_ids"] == pad_id).sum(-1).tolist() == [tokens[0], 0, tokens[1], 0, tokens[2]]
     assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == pad_id).int())
     assert inputs["attention_mask"][:, -1].all()  # left padding
@@ -101,17 +87,17 @@ def test_encode_expands_image_pads(model_dir, pairs):
 
 
 def test_generation_batched_mixed_and_deterministic(model_dir, pairs):
-    big = LMMSubjects(model_dir, max_new_tokens=6, batch_size=5)(pairs)
-    small = LMMSubjects(model_dir, max_new_tokens=6, batch_size=2)(pairs)
+    big = _lmm(model_dir, max_new_tokens=6, batch_size=5)(pairs)
+    small = _lmm(model_dir, max_new_tokens=6, batch_size=2)(pairs)
     assert len(big) == len(pairs)
     assert all(isinstance(p, list) and all(isinstance(s, str) for s in p) for p in big)
     assert any(big)  # the random model does produce phrases, so the comparison below is not vacuous
     assert small == big
-    assert LMMSubjects(model_dir, max_new_tokens=6)(pairs[1:2]) == big[1:2]
+    assert _lmm(model_dir, max_new_tokens=6)(pairs[1:2]) == big[1:2]
 
 
 def test_bad_pairs_are_named(model_dir, pairs):
-    subjects = LMMSubjects(model_dir)
+    subjects = _lmm(model_dir)
     with pytest.raises(ValueError, match="pair 1"):
         subjects([pairs[0], ("  ", None)])
     with pytest.raises(ValueError, match="pair 0"):
@@ -124,4 +110,4 @@ def test_tokenizer_without_chat_tokens_is_rejected(model_dir, tmp_path):
     shutil.copytree(model_dir, tmp_path, dirs_exist_ok=True)
     train_tokenizer(TEXTS, 320).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"<\|im_start\|>"):
-        LMMSubjects(tmp_path)
+        _lmm(tmp_path)

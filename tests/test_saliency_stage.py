@@ -11,7 +11,7 @@ import pytest
 
 from ssame import data, saliency
 from ssame.config import Paths
-from ssame.data.io import image_root, read_eval
+from ssame.data.io import image_root, read_eval, write_unreadable
 from ssame.saliency import SaliencyStore
 
 
@@ -45,6 +45,7 @@ def test_every_image_has_a_map_and_named_subjects_get_pair_maps(small):
     assert any(s["subjects"] for s in subjects)
     counts = _manifest(small)["datasets"]["MiniPosVQA"]
     assert counts["pairs_with_subject"] > 0 and _manifest(small)["skipped_images"] == 0
+    assert _manifest(small)["small_images"] == 0 and counts["small_images"] == 0
 
 
 def test_quality_table_fusion_beats_center_bias(small):
@@ -57,39 +58,53 @@ def test_quality_table_fusion_beats_center_bias(small):
 
 def test_rerun_recomputes_only_changed_datasets(small):
     shards = Paths.from_params(small).saliency / "shards"
-    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.npz")}
+    before = {p.parent.name: p.stat().st_mtime_ns for p in shards.glob("*/shard.json")}
     eval_file = Paths.from_params(small).data / "eval" / "MiniPosVQA.parquet"
     frame = pd.read_parquet(eval_file)
     frame.loc[0, "qry_text"] = frame.loc[0, "qry_text"] + " "
     frame.to_parquet(eval_file)
     saliency.build(small)
-    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.npz")}
-    assert [name for name in before if before[name] != after[name]] == ["MiniPosVQA.npz"]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in shards.glob("*/shard.json")}
+    assert len(before) > 1 and [name for name in before if before[name] != after[name]] == ["MiniPosVQA"]
 
 
-def test_bad_image_errors_or_is_skipped_and_counted(small, tmp_path):
-    params = copy.deepcopy(small)
-    broken = image_root(Paths.from_params(params).data) / read_eval(Paths.from_params(params).data,
-                                                                     "MiniGround")["qry_img_path"][1]
-    original = broken.read_bytes()
+def test_images_the_data_stage_found_unreadable_are_skipped_and_counted(small):
+    """The stage has no bad-input policy of its own: it skips exactly the images of results/data/unreadable.json
+    (recomputing the shards they belong to) and stops, naming the file, on any other unreadable image."""
+    paths = Paths.from_params(small)
+    root = image_root(paths.data)
+    frame = read_eval(paths.data, "MiniGround")
+    listed, unlisted = (root / frame["qry_img_path"][i] for i in (1, 2))
+    originals = {path: path.read_bytes() for path in (listed, unlisted)}
+    rel = str(listed.relative_to(root))
     try:
-        broken.write_bytes(b"not an image")
-        params["saliency"]["fusion_floor"] = 0.2  # new fingerprint: every shard is recomputed
-        with pytest.raises(ValueError, match=broken.name):
-            saliency.build(params)
-        params["saliency"]["bad_input"] = "skip"
-        params["saliency"]["fusion_floor"] = 0.3
-        saliency.build(params)
-        manifest = _manifest(params)
+        listed.write_bytes(b"not an image")
+        write_unreadable(paths.data, {rel: "UnidentifiedImageError: cannot identify image file"}, {})
+        saliency.build(small)  # same params: only the unreadable list changed
+        manifest = _manifest(small)
         assert manifest["skipped_images"] == 1
-        assert list(manifest["datasets"]["MiniGround"]["skipped"]) == [
-            str(broken.relative_to(image_root(Paths.from_params(params).data)))]
+        assert manifest["datasets"]["MiniGround"]["skipped"] == {rel: "UnidentifiedImageError: cannot identify "
+                                                                      "image file"}
+        store = SaliencyStore(paths.saliency)
+        assert rel not in store and frame["qry_img_path"][0] in store
+        unlisted.write_bytes(b"not an image either")
+        params = copy.deepcopy(small)
+        params["saliency"]["fusion_floor"] = 0.2  # new fingerprint: every shard is recomputed
+        with pytest.raises(ValueError, match=f"unreadable or corrupt image: .*{unlisted.name}"):
+            saliency.build(params)
     finally:
-        broken.write_bytes(original)
+        for path, data in originals.items():
+            path.write_bytes(data)
+        write_unreadable(paths.data, {}, {})
 
 
-def test_image_smaller_than_the_map_is_an_error(small):
+def test_images_smaller_than_the_map_are_upsampled_and_counted(small):
     params = copy.deepcopy(small)
-    params["saliency"]["map_size"] = 200
-    with pytest.raises(ValueError, match="smaller than the 200-pixel saliency map"):
-        saliency.build(params)
+    params["saliency"]["map_size"] = 200  # every MMEB-mini image is smaller (96 x 96)
+    saliency.build(params)
+    manifest = _manifest(params)
+    assert manifest["small_images"] == sum(d["images"] for d in manifest["datasets"].values()) > 0
+    store = SaliencyStore(Paths.from_params(params).saliency)
+    image = read_eval(Paths.from_params(params).data, "MiniPosVQA")["qry_img_path"][0]
+    sal = store.map(image)
+    assert sal.shape == (200, 200) and 0 <= sal.min() < sal.max() <= 1

@@ -159,7 +159,7 @@ def test_bad_input_raises() -> None:
 
 def _write(paths: Paths, variant: str, seed: int, dataset: str, ranks: list[int]) -> None:
     path = paths.eval(variant, seed) / "predictions" / f"{dataset}.jsonl"
-    write_predictions(path, ranks, [[0]] * len(ranks))
+    write_predictions(path, list(range(len(ranks))), ranks, [[0]] * len(ranks))
 
 
 def test_variant_hits_average_seeds_per_query(tmp_path: Path) -> None:

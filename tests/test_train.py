@@ -1,4 +1,5 @@
-"""The training recipe on a very small MMEB-mini: outputs, determinism, LoRA, MLflow, kill-and-resume."""
+"""The training recipe on a very small MMEB-mini: outputs, determinism, LoRA, MLflow, kill-and-resume, 2 processes
+vs 1 over several steps, params fingerprints of checkpoints, gradient clipping."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from ssame import data
-from ssame.config import Paths
+from ssame.config import Paths, as_params, load_params
 from ssame.evaluate import evaluate
 from ssame.tracking import tracking_uri
-from ssame.train import train
+from ssame.train import checkpoint, train
 from ssame.train.batches import training_rows
+from ssame.train.clip import check_deepspeed_clipping, clip_gradients
 from ssame.train.recipe import build_trainer, export_state, make_accelerator
 
 VOLATILE = {"train_seconds", "samples_per_second", "peak_memory_mib"}
@@ -57,7 +59,7 @@ def test_mlflow_has_per_step_components_from_the_main_process(small):
     runs = client.search_runs([experiment.experiment_id], "tags.variant = 'ssame-no-regen'")
     assert len(runs) == 1
     run_id = runs[0].info.run_id
-    for key in ("loss_nce", "loss_attn", "loss_subject", "lr", "samples_per_second", "peak_memory_mib"):
+    for key in ("loss_nce", "loss_attn", "loss_subject", "lr", "grad_norm", "samples_per_second", "peak_memory_mib"):
         history = client.get_metric_history(run_id, key)
         assert [m.step for m in history] == [1, 2, 3], key
 
@@ -145,3 +147,105 @@ def test_export_from_a_full_state_dict_matches_the_direct_save(small, tmp_path):
         direct, exported = load_file(tmp_path / "direct" / part), load_file(tmp_path / "exported" / part)
         assert direct.keys() == exported.keys()
         assert all(torch.equal(direct[k], exported[k]) for k in direct)
+
+
+def _history(params: dict, variant: str) -> dict[str, list[float]]:
+    """Per-step MLflow history (loss, lr, grad_norm) of the newest run of `variant`."""
+    client = mlflow.MlflowClient(tracking_uri(params["tracking"]["mlflow_db"]))
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+    run = client.search_runs([experiment.experiment_id], f"tags.variant = '{variant}'",
+                             order_by=["attributes.start_time DESC"])[0]
+    return {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+            for key in ("loss", "lr", "grad_norm")}
+
+
+def test_two_processes_equal_one_over_steps_with_warmup_and_clipping(small, tmp_path):
+    """2 gloo processes x 20 optimizer steps (warm-up 10, clipping on) = 1 process: loss, LR and grad-norm history
+    and final weights. accelerate's prepared scheduler stepped the schedule once per process per step (on 2
+    processes warm-up ended at step 5 and the LR reached 0 at step 10)."""
+    small["train"].update(steps=20, warmup_steps=10, batch_size=8, max_grad_norm=50.0)
+    train(small, "ssame", 0)
+    one, one_weights = _history(small, "ssame"), _weights(small, "ssame")
+    two_params = copy.deepcopy(small)
+    two_params["tracking"]["mlflow_db"] = str(tmp_path / "mlflow2" / "mlflow.db")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(two_params))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "ssame", "train", "--params", str(params_file), "--variant", "ssame", "--seed", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two, two_weights = _history(two_params, "ssame"), _weights(two_params, "ssame")
+    table = "\n".join(f"step {i + 1:2d}: lr {a:.6g} (1 process) vs {b:.6g} (2 processes)"
+                      for i, (a, b) in enumerate(zip(one["lr"], two["lr"], strict=True)))
+    print(f"LR history, 1 vs 2 processes:\n{table}")
+    assert len(one["lr"]) == len(two["lr"]) == 20
+    assert two["lr"] == pytest.approx(one["lr"], rel=1e-12), f"LR history differs:\n{table}"
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-4), (one["loss"], two["loss"])
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), (one["grad_norm"], two["grad_norm"])
+    assert min(one["grad_norm"]) < 50.0 < max(one["grad_norm"])  # clipping was active on some steps only
+    worst = max((one_weights[k] - two_weights[k]).abs().max().item() for k in one_weights)
+    loss_gap = max(abs(a - b) for a, b in zip(one["loss"], two["loss"], strict=True))
+    print(f"max |loss difference| {loss_gap:.2e}, max |weight difference| {worst:.2e}")
+    assert worst < 1e-4, f"max weight difference {worst:.2e}"
+
+
+def _crash_after_training(monkeypatch) -> None:
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("simulated crash before the model folder is written")
+
+    monkeypatch.setattr("ssame.train.recipe.save_model", crash)
+
+
+def test_checkpoint_refuses_other_params_and_resumes_under_the_same(small, monkeypatch, capsys):
+    small["train"].update(steps=4, checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        _crash_after_training(patch)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(small, "ssame-no-subject", 0)
+    ckpt = Paths.from_params(small).checkpoints("ssame-no-subject", 0) / "step2"
+    record = json.loads((ckpt / "trainer.json").read_text())
+    assert record["params"]["train"]["lr"] == small["train"]["lr"] and len(record["fingerprint"]) == 64
+    changed = copy.deepcopy(small)
+    changed["train"]["lr"] = 1e-3
+    changed["model"]["tiny"]["text"]["intermediate_size"] = 96
+    with pytest.raises(ValueError, match=r"step2 was written under other params") as err:
+        train(changed, "ssame-no-subject", 0)
+    assert "train.lr: 0.002 in the checkpoint, 0.001 now" in str(err.value)
+    assert "model.tiny.text.intermediate_size: 128 in the checkpoint, 96 now" in str(err.value)
+    with pytest.raises(ValueError, match="seed: 0 in the checkpoint, 1 now"):  # refused before any state loads
+        checkpoint.read(ckpt, checkpoint.params_record(as_params(small), "ssame-no-subject", 1))
+    small["train"]["num_workers"] = 1  # how steps are prepared is not what they compute: resumes
+    train(small, "ssame-no-subject", 0)
+    assert "resumed ssame-no-subject/seed0" in capsys.readouterr().out
+
+
+def test_clipping_bounds_the_norm_and_off_leaves_gradients_exact(small):
+    set_seed(0)
+    accelerator = make_accelerator()
+    embedder, objective, *_ = build_trainer(small, "ssame", accelerator)
+    objective.backward(training_rows(Paths.from_params(small).data).head(8))
+    grads = [p.grad for p in embedder.parameters() if p.grad is not None]
+    before = [g.clone() for g in grads]
+    norm = torch.nn.utils.get_total_norm(before).item()
+    assert clip_gradients(accelerator, embedder, None) == pytest.approx(norm, rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(before, grads, strict=True))
+    assert clip_gradients(accelerator, embedder, norm / 4) == pytest.approx(norm, rel=1e-6)
+    assert torch.nn.utils.get_total_norm(grads).item() == pytest.approx(norm / 4, rel=1e-4)
+
+
+def test_deepspeed_clipping_follows_max_grad_norm(repo):
+    """A DeepSpeed engine clips at its config's gradient_clipping: every DeepSpeed config in params/accelerate/
+    (read by accelerate's parser) agrees with the paper's param; a mismatch is refused naming both."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    paper = load_params(repo / "params" / "paper.yaml")["train"]["max_grad_norm"]
+    configs = {path.name: load_config_from_file(str(path)) for path in (repo / "params" / "accelerate").glob("*.yaml")}
+    deepspeed = {name: c.deepspeed_config for name, c in configs.items() if c.distributed_type.name == "DEEPSPEED"}
+    assert "zero2_8gpu.yaml" in deepspeed
+    for name, config in deepspeed.items():
+        check_deepspeed_clipping(paper, config.get("gradient_clipping"), name)
+        with pytest.raises(ValueError, match=rf"max_grad_norm is None but .*{name}.* gradient_clipping {paper}"):
+            check_deepspeed_clipping(None, config.get("gradient_clipping"), name)
+    with pytest.raises(ValueError, match="absent"):
+        check_deepspeed_clipping(0.5, None, "a config without the key")
+    check_deepspeed_clipping(1.0, "auto", "auto")  # accelerate fills "auto" with 1.0

@@ -10,6 +10,7 @@ from typing import Any
 from ssame.config import ParamsError, load_params
 
 STAGES: dict[str, str] = {
+    "mirror": "rehearsal only: write a local stand-in for the hub (MMEB repos and tiny models) under mirror.dir",
     "data": "build the benchmark (MMEB-mini, or MMEB from the hub) and the offline tokenizer",
     "saliency": "saliency maps for every image and subject phrases for every text",
     "train": "train one (variant, seed); run it under `accelerate launch -m ssame train ...`",
@@ -20,7 +21,9 @@ STAGES: dict[str, str] = {
 
 def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
     """Import lazily so `ssame --help` stays fast and a stage pulls in only what it needs."""
-    if stage == "data":
+    if stage == "mirror":
+        from ssame.rehearsal.stage import build
+    elif stage == "data":
         from ssame.data import build
     elif stage == "saliency":
         from ssame.saliency import build
@@ -48,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     for stage, help_text in STAGES.items():
         sub = subs.add_parser(stage, help=help_text, description=help_text)
         sub.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
-        sub.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+        sub.add_argument("--threads", type=int, default=None,
+                         help="CPU threads of the job, split among its processes (default: torch's own)")
         if stage in ("train", "evaluate"):
             sub.add_argument("--variant", required=True, help="a key of the params' `variants`")
             sub.add_argument("--seed", type=int, required=True, help="training seed")
@@ -62,10 +66,12 @@ def main(argv: list[str] | None = None, run: Callable[..., None] = _run) -> int:
     except ParamsError as err:
         print(f"ssame {args.stage}: {err}", file=sys.stderr)
         return 2
-    if args.threads:
+    if args.threads:  # the job's CPU share, split among the processes a launcher started
+        import os
+
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
     run(args.stage, params, args)
     return 0
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from ssame.config import as_params
+
 _OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -57,7 +59,7 @@ def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str],
             yield mlflow
         return
     with mlflow.start_run(run_name=run_name, tags=tags):
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(params).items()})
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(as_params(params).to_dict()).items()})
         yield mlflow
 
 

@@ -1,9 +1,13 @@
 rule data:
+    input:
+        mirror_if_rehearsal,
     output:
         manifest=f"{R}/data/manifest.csv",
         train=directory(f"{R}/data/train"),
         eval=directory(f"{R}/data/eval"),
         images=directory(f"{R}/data/images"),
+        unreadable=f"{R}/data/unreadable.json",  # images that failed to decode (data.bad_input)
+        eval_checks=f"{R}/data/eval_checks.json",  # duplicated ground truths, unexpected candidate counts
     params:
         cfg=P["data"],
     log:

@@ -1,6 +1,8 @@
 rule evaluate:
     input:
         model=rules.train.output.model,
+        unreadable=rules.data.output.unreadable,
+        eval_checks=rules.data.output.eval_checks,
         saliency=saliency_if_used,
     output:
         aggregate=f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json",

@@ -10,7 +10,7 @@ rule train:
         train={k: v for k, v in P["train"].items() if k not in ("variants", "seeds")},
         variant=lambda wc: P["variants"][wc.variant],
         accelerate=P["train"]["accelerate_config"],
-    threads: 1  # tiny CPU jobs run fastest single-threaded, side by side; raise for big models
+    threads: TRAIN_PROCESSES  # one core per process of the launch (tiny CPU jobs run fastest single-threaded)
     log:
         f"{R}/logs/train/{{variant}}/seed{{seed}}.log",
     shell:

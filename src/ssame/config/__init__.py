@@ -1,8 +1,19 @@
-"""Params: load a YAML file, validate it against the schema, resolve the paths every stage shares."""
+"""Params: one frozen, schema-validated config object, with every default taken from the schema.
+
+`load_params(path)` (a YAML file) and `as_params(mapping)` validate against `params.schema.yaml` (JSON Schema,
+unknown keys rejected), fill each absent key that has a `default:` there (the only place a default is written),
+run the cross-field checks and return a `Params`: a read-only mapping whose sections and lists are read-only too.
+Stage entry points call `as_params`, so callers may pass either a `Params` or a plain dict.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +21,107 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+_NO_DEFAULT = object()
 
 
 class ParamsError(ValueError):
     """Params that do not match the schema or contradict each other."""
+
+
+class Frozen(Mapping):
+    """A read-only mapping (nested mappings frozen, lists frozen too); `section.key` reads like `section["key"]`."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]):
+        object.__setattr__(self, "_data", {k: _freeze(v) for k, v in data.items()})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__"):  # pickle/copy probe dunders before `_data` exists
+            raise AttributeError(key)
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __reduce__(self) -> tuple:
+        """Pickled as the plain data (worker processes get the same read-only params)."""
+        return (type(self), (self.to_dict(),))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise TypeError(f"params are read-only (tried to set {key!r}); build new ones with as_params()")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.__setattr__(key, value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()!r})"
+
+    def __deepcopy__(self, memo: dict) -> dict[str, Any]:
+        """A deep copy is a mutable dict (tests and benches derive modified params from it)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A mutable deep copy (dicts and lists)."""
+        return {k: _thaw(v) for k, v in self._data.items()}
+
+
+class FrozenList(list):
+    """A read-only list: still a `list` for pandas, JSON and equality, but every mutation raises."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("params are read-only (a list of params cannot change); build new ones with as_params()")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _read_only
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (list(self),))
+
+    def __deepcopy__(self, memo: dict) -> list[Any]:
+        return _thaw(self)
+
+
+class Params(Frozen):
+    """Validated params of one profile (see `workflow/schemas/params.schema.yaml`)."""
+
+    __slots__ = ()
+
+    def fingerprint(self, *sections: str) -> str:
+        """sha256 of the named top-level sections (all when none), canonical JSON."""
+        data = self.to_dict()
+        chosen = {k: data[k] for k in (sections or sorted(data))}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return value if isinstance(value, Frozen) else Frozen(value)
+    if isinstance(value, list | tuple):
+        return value if isinstance(value, FrozenList) else FrozenList(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -24,43 +132,113 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) or "<root>"
 
 
-def validate_params(params: dict[str, Any], source: str = "params") -> None:
-    """Raise ParamsError naming the first offending key (schema, then cross-field checks)."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.path))
+def _check_schema(params: dict[str, Any], source: str) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(params), key=lambda e: list(e.path))
     if errors:
         err = errors[0]
         raise ParamsError(f"{source}: invalid key '{_key_path(err)}': {err.message}")
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = schema()["$defs"][node["$ref"].removeprefix("#/$defs/")]
+    return node
+
+
+def _fill_defaults(node: dict[str, Any], value: Any) -> None:
+    """Set every absent property that has a schema default, recursively (in place)."""
+    node = _resolve(node)
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        for key, sub in props.items():
+            default = sub["default"] if "default" in sub else _resolve(sub).get("default", _NO_DEFAULT)
+            sub = _resolve(sub)
+            if key not in value and default is not _NO_DEFAULT:
+                value[key] = copy.deepcopy(default)
+            if key in value:
+                _fill_defaults(sub, value[key])
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(value) - set(props):
+                _fill_defaults(extra, value[key])
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for item in value:
+            _fill_defaults(node["items"], item)
+
+
+def _check_cross_fields(params: dict[str, Any], source: str) -> None:
+    """What one JSON Schema cannot say: keys that must name other keys."""
     data, train = params["data"], params["train"]
-    if data["source"] not in data:
+    if data[data["source"]] is None:
         raise ParamsError(f"{source}: data.source is '{data['source']}' but key 'data.{data['source']}' is missing")
     for variant in train["variants"]:
         if variant not in params["variants"]:
             raise ParamsError(f"{source}: train.variants names '{variant}', which is not a key of 'variants'")
     if params["model"]["backbone"] == "tiny":
-        if "tiny" not in params["model"]:
+        if params["model"]["tiny"] is None:
             raise ParamsError(f"{source}: model.backbone is 'tiny' but key 'model.tiny' is missing")
-        if data.get("tokenizer") is None:
+        if data["tokenizer"] is None:
             raise ParamsError(f"{source}: model.backbone 'tiny' needs 'data.tokenizer' (a tokenizer trained offline)")
 
 
-def variant_uses_saliency(variant: dict[str, Any]) -> bool:
+def as_params(params: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate `params`, fill the schema's defaults and freeze; a `Params` is returned as it is."""
+    if isinstance(params, Params):
+        return params
+    if not isinstance(params, Mapping):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
+    raw = _thaw(params)
+    _check_schema(raw, source)
+    _fill_defaults(schema(), raw)
+    _check_schema(raw, source)
+    _check_cross_fields(raw, source)
+    return Params(raw)
+
+
+def validate_params(params: Mapping[str, Any], source: str = "params") -> None:
+    """Raise ParamsError naming the first offending key (schema, then cross-field checks)."""
+    as_params(params, source)
+
+
+def as_variant(variant: Mapping[str, Any], source: str = "variant") -> Frozen:
+    """One `variants:` entry validated against the schema's variant definition, defaults filled, frozen."""
+    raw = _thaw(variant)
+    node = schema()["$defs"]["variant"]
+    errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(raw), key=lambda e: list(e.path))
+    if errors:
+        raise ParamsError(f"{source}: invalid key '{_key_path(errors[0])}': {errors[0].message}")
+    _fill_defaults(node, raw)
+    return Frozen(raw)
+
+
+def variant_uses_saliency(variant: Mapping[str, Any]) -> bool:
     """Whether training a variant reads the saliency stage's output (regeneration, attention or subject terms);
     the workflow makes only those jobs wait for that stage."""
-    return bool(variant["feature_regen"] or variant["attn_loss_weight"] > 0
-                or variant.get("subject_loss_weight", 0) > 0)
+    return bool(variant["feature_regen"] or variant["attn_loss_weight"] > 0 or variant["subject_loss_weight"] > 0)
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    """Read and validate a params YAML file."""
+def launch_processes(accelerate_config: str | Path) -> int:
+    """Processes per node that `accelerate launch --config_file accelerate_config` starts (a job's CPU share)."""
+    path = Path(accelerate_config)
+    if not path.is_file():
+        raise ParamsError(f"train.accelerate_config: file not found: {path}")
+    config = yaml.safe_load(path.read_text())
+    processes = config.get("num_processes", 1) if isinstance(config, dict) else None  # accelerate's own default
+    if not isinstance(processes, int) or processes < 1:
+        raise ParamsError(f"{path}: num_processes must be a positive integer, got {processes!r}")
+    return processes
+
+
+def load_params(path: str | Path) -> Params:
+    """Read, validate and freeze a params YAML file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
-    params = yaml.safe_load(path.read_text())
-    if not isinstance(params, dict):
-        raise ParamsError(f"{path}: expected a mapping at the top level")
-    validate_params(params, source=str(path))
-    return params
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    return as_params(raw if raw is not None else {}, source=str(path))
 
 
 @dataclass(frozen=True)
@@ -71,9 +249,8 @@ class Paths:
     reports: Path
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> Paths:
-        # validated params always carry reports_dir; stages that only write results may be given less
-        return cls(Path(params["results_dir"]), Path(params.get("reports_dir", "reports")))
+    def from_params(cls, params: Mapping[str, Any]) -> Paths:
+        return cls(Path(params["results_dir"]), Path(params["reports_dir"]))
 
     @property
     def data(self) -> Path:

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
+from typing import Any
 
-from ssame.config import Paths
+from ssame.config import Paths, as_params
 
 from .hub import build_hub
 from .mini import build_mini
 from .tokenizer import build_tokenizer
 
-SOURCES = ("mini", "hub")
 
-
-def build(params: dict) -> None:
+def build(params: Mapping[str, Any]) -> None:
     """Rebuild `<results_dir>/data/` from `params["data"]`, plus the tokenizer when data.tokenizer is set."""
+    params = as_params(params)
     cfg = params["data"]
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
-    if source not in cfg:
-        raise KeyError(f"data.{source} is missing")
     out = Paths.from_params(params).data
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    if source == "mini":
+    if cfg["source"] == "mini":
         build_mini(cfg["mini"], out)
     else:
-        build_hub(cfg["hub"], out)
-    tok = cfg.get("tokenizer")
-    if tok is not None:
-        if "vocab_size" not in tok:
-            raise KeyError("data.tokenizer.vocab_size is missing")
-        build_tokenizer(out, tok["vocab_size"])
+        build_hub(cfg["hub"], out, cfg["bad_input"])
+    if cfg["tokenizer"] is not None:
+        build_tokenizer(out, cfg["tokenizer"]["vocab_size"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,11 @@ EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 MANIFEST_COLUMNS = ("dataset", "meta_task", "split", "num_candidates", "num_queries", "train_rows")
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 SPLITS = ("IND", "OOD")
+TRAIN_IMAGE_COLUMNS = ("qry_image_path", "pos_image_path", "neg_image_path")
+EVAL_IMAGE_COLUMNS = ("qry_img_path", "tgt_img_path")
+UNREADABLE_FILE = "unreadable.json"
+EVAL_CHECKS_FILE = "eval_checks.json"
+EVAL_CHECK_KEYS = ("duplicated_ground_truth_rows", "candidate_count_mismatch_rows")
 
 _EVAL_SCHEMA = pa.schema(
     [
@@ -71,7 +77,8 @@ def validate_train(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def validate_eval(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check MMEB-eval columns; candidate lists become Python lists of str of equal, non-zero length."""
+    """Check MMEB-eval columns; candidate lists become Python lists of str of equal, non-zero length. A copy of the
+    ground truth among the candidates is accepted, as VLM2Vec does (`eval_checks` counts them)."""
     _require_columns(df, EVAL_COLUMNS, source)
     df = df.loc[:, list(EVAL_COLUMNS)].reset_index(drop=True)
     for col in ("qry_text", "qry_img_path"):
@@ -98,13 +105,27 @@ def validate_eval(df: pd.DataFrame, source: str) -> pd.DataFrame:
             raise DataFormatError(
                 f"{source}: row {row} is ragged: {len(texts)} tgt_text vs {len(images)} tgt_img_path"
             )
-        copies = [i for i, key in enumerate(zip(texts, images, strict=True)) if i and key == (texts[0], images[0])]
-        if copies:  # a copy of the ground truth would tie with it and make hit@1 depend on tie-breaking
-            raise DataFormatError(f"{source}: row {row} repeats its ground truth (candidate 0) at candidate(s) "
-                                  f"{copies}: {(texts[0], images[0])!r}")
     df["tgt_text"] = pd.Series(lists["tgt_text"], dtype=object)
     df["tgt_img_path"] = pd.Series(lists["tgt_img_path"], dtype=object)
     return df
+
+
+def duplicated_ground_truth_rows(df: pd.DataFrame) -> list[int]:
+    """Rows of a validated eval frame whose ground truth (candidate 0) appears again among its candidates."""
+    return [
+        row
+        for row, (texts, images) in enumerate(zip(df["tgt_text"], df["tgt_img_path"], strict=True))
+        if (texts[0], images[0]) in zip(texts[1:], images[1:], strict=True)
+    ]
+
+
+def eval_checks(df: pd.DataFrame, num_candidates: int) -> dict[str, int]:
+    """What VLM2Vec accepts and we count (`EVAL_CHECK_KEYS`): rows repeating their ground truth, and rows whose
+    candidate count differs from the dataset's `num_candidates`."""
+    return {
+        "duplicated_ground_truth_rows": len(duplicated_ground_truth_rows(df)),
+        "candidate_count_mismatch_rows": int(sum(len(t) != num_candidates for t in df["tgt_text"])),
+    }
 
 
 def validate_manifest(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -170,7 +191,7 @@ def read_eval(data_dir: str | Path, dataset: str) -> pd.DataFrame:
 def write_train(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
     path = train_path(data_dir, dataset)
     df = validate_train(df, f"train/{dataset}")
-    check_images(data_dir, dataset, df, ("qry_image_path", "pos_image_path", "neg_image_path"))
+    check_images(data_dir, dataset, df, TRAIN_IMAGE_COLUMNS)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(df, schema=_TRAIN_SCHEMA, preserve_index=False), path)
     return path
@@ -179,7 +200,7 @@ def write_train(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
 def write_eval(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
     path = eval_path(data_dir, dataset)
     df = validate_eval(df, f"eval/{dataset}")
-    check_images(data_dir, dataset, df, ("qry_img_path", "tgt_img_path"))
+    check_images(data_dir, dataset, df, EVAL_IMAGE_COLUMNS)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(df, schema=_EVAL_SCHEMA, preserve_index=False), path)
     return path
@@ -191,3 +212,74 @@ def write_manifest(data_dir: str | Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False, lineterminator="\n")
     return path
+
+
+def _write_json(path: Path, record: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _read_json(path: Path) -> object:
+    if not path.is_file():
+        raise FileNotFoundError(f"data stage output not found: {path} (rerun the data stage)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}: not valid JSON: {err}") from err
+
+
+def _counts(value: object, path: Path, key: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 0 for k, n in value.items()
+    ):
+        raise DataFormatError(f"{path}: {key!r} must map names to non-negative integers")
+    return dict(value)
+
+
+def write_unreadable(data_dir: str | Path, images: Mapping[str, str], dropped_train_rows: Mapping[str, int]) -> Path:
+    """`unreadable.json`: {"images": {path under images/: reason}, "dropped_train_rows": {dataset: rows}}."""
+    record = {"images": dict(images), "dropped_train_rows": dict(dropped_train_rows)}
+    return _write_json(Path(data_dir) / UNREADABLE_FILE, record)
+
+
+def _read_unreadable(data_dir: str | Path) -> tuple[dict[str, str], dict[str, int]]:
+    path = Path(data_dir) / UNREADABLE_FILE
+    record = _read_json(path)
+    if not isinstance(record, dict) or set(record) != {"images", "dropped_train_rows"}:
+        raise DataFormatError(f"{path}: expected the keys 'images' and 'dropped_train_rows'")
+    images = record["images"]
+    if not isinstance(images, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in images.items()):
+        raise DataFormatError(f"{path}: 'images' must map image paths to reasons (strings)")
+    return images, _counts(record["dropped_train_rows"], path, "dropped_train_rows")
+
+
+def read_unreadable(data_dir: str | Path) -> dict[str, str]:
+    """Images (paths relative to `image_root`) the data stage could not decode, with the reason; the training rows
+    that referenced them are already dropped, evaluation rows are kept (`data.bad_input`)."""
+    return _read_unreadable(data_dir)[0]
+
+
+def read_dropped_train_rows(data_dir: str | Path) -> dict[str, int]:
+    """Training rows the data stage dropped per dataset because they reference an unreadable image."""
+    return _read_unreadable(data_dir)[1]
+
+
+def write_eval_checks(data_dir: str | Path, checks: Mapping[str, Mapping[str, int]]) -> Path:
+    """`eval_checks.json`: {dataset: {"duplicated_ground_truth_rows": n, "candidate_count_mismatch_rows": n}}."""
+    return _write_json(Path(data_dir) / EVAL_CHECKS_FILE, {d: dict(c) for d, c in checks.items()})
+
+
+def read_eval_checks(data_dir: str | Path) -> dict[str, dict[str, int]]:
+    """Per evaluation dataset, the rows VLM2Vec accepts that the data stage counted (`EVAL_CHECK_KEYS`)."""
+    path = Path(data_dir) / EVAL_CHECKS_FILE
+    record = _read_json(path)
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{path}: expected an object of datasets")
+    out = {}
+    for dataset, counts in record.items():
+        counts = _counts(counts, path, dataset)
+        if set(counts) != set(EVAL_CHECK_KEYS):
+            raise DataFormatError(f"{path}: {dataset!r} must hold exactly {list(EVAL_CHECK_KEYS)}")
+        out[dataset] = counts
+    return out

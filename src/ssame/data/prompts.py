@@ -11,12 +11,15 @@ from .hub import mmeb_datasets
 from .io import IMAGE_TOKEN
 
 # VLM2Vec's substitution of MMEB's placeholder (Phi-3-V's own image token) per backbone; Qwen2-VL gets a bare
-# `<|image_pad|>` (no vision start/end markers, no chat template) that its processor expands per visual token.
+# `<|image_pad|>` (no vision start/end markers, no chat template) that its processor expands per visual token, or
+# leaves as one literal token in a text without an image (MMEB's WebQA and EDIS queries).
 IMAGE_TOKENS: dict[str, str] = {"phi3_v": IMAGE_TOKEN, "qwen2_vl": "<|image_pad|>", "llava_next": "<image>"}
 
 
 def format_v1(instruction: str, text: str = "", image: bool = False) -> str:
-    """MMEB's layout: `<|image_1|>\\n` when there is an image, then `instruction: text` (either part may be empty)."""
+    """MMEB-mini's texts in MMEB's layout: `<|image_1|>\\n` when there is an image, then `instruction: text` (either
+    part may be empty). MMEB-eval's own texts, used verbatim, also end in "\\n" (queries and instruction-bearing
+    targets) and join a few instructions with ". " or " " (docs/evaluation.md); MMEB-mini keeps its layout."""
     body = f"{instruction}: {text}" if instruction and text else instruction or text
     return f"{IMAGE_TOKEN}\n{body}" if image else body
 

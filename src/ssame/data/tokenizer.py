@@ -16,15 +16,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|imag
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Train deterministically on the unique text pieces around the image placeholder (verbatim, as the model's
-    input builder tokenises them), in sorted order."""
-    if (
-        isinstance(vocab_size, bool)
-        or not isinstance(vocab_size, int)
-        or vocab_size < 256 + len(SPECIAL_TOKENS)
-    ):
-        raise ValueError(
-            f"data.tokenizer.vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)}, got {vocab_size!r}"
-        )
+    input builder tokenises them), in sorted order. `vocab_size` is checked by the params schema (>= 300: the 256
+    byte symbols, the special tokens and some merges)."""
     corpus = sorted({piece for t in texts for piece in t.split(IMAGE_TOKEN)} - {""})
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

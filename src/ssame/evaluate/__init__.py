@@ -19,15 +19,26 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
-from ssame.config import Paths
-from ssame.data.io import DataFormatError, eval_path, image_root, read_eval, read_manifest
-from ssame.evaluate import cache, outputs
+from ssame.config import Paths, as_params
+from ssame.data.io import (
+    DataFormatError,
+    eval_path,
+    image_root,
+    read_eval,
+    read_eval_checks,
+    read_manifest,
+    read_unreadable,
+)
+from ssame.evaluate import cache, outputs, rows
 from ssame.evaluate.aggregate import aggregate
 from ssame.evaluate.encode import Encoded, Key, encode
 from ssame.evaluate.interpret import FIGURES, load_mask
 from ssame.evaluate.metrics import rank_candidates, ranking_metrics
+from ssame.evaluate.rows import check_images
 from ssame.evaluate.stats import bootstrap_aggregates
 from ssame.model import Embedder, InputBuilder
+from ssame.model.backbone import pixel_budget, square_side
+from ssame.model.inputs import ImageDecodeError
 from ssame.saliency.store import SaliencyStore
 from ssame.tracking import mlflow_run
 
@@ -38,20 +49,6 @@ def unique_inputs(frame: pd.DataFrame) -> tuple[list[Key], list[Key]]:
     cands = list(dict.fromkeys(k for texts, images in zip(frame["tgt_text"], frame["tgt_img_path"], strict=True)
                                for k in zip(texts, images, strict=True)))
     return queries, cands
-
-
-def check_images(frame: pd.DataFrame, root: Path, dataset: str) -> None:
-    """Raise naming dataset, row and column for the first referenced image that is not a file under `root`."""
-    paths = set(frame["qry_img_path"]) | {p for images in frame["tgt_img_path"] for p in images}
-    missing = {p for p in paths - {""} if not (root / p).is_file()}
-    if not missing:
-        return
-    for row, rec in enumerate(frame.itertuples()):
-        for column, images in (("qry_img_path", [rec.qry_img_path]), ("tgt_img_path", rec.tgt_img_path)):
-            found = [p for p in images if p in missing]
-            if found:
-                raise DataFormatError(f"dataset {dataset}: row {row} column {column!r} image {found[0]!r} "
-                                      f"not found under {root}")
 
 
 def rank_rows(frame: pd.DataFrame, queries: list[Key], query_emb: torch.Tensor, cands: list[Key],
@@ -76,14 +73,20 @@ class DatasetEvaluator:
         self.paths = Paths.from_params(params)
         model_dir = self.paths.model(variant, seed)
         self.eval_dir = self.paths.eval(variant, seed)
-        self.embedder, tokenizer, image_processor = Embedder.load(model_dir, params["model"]["attn_implementation"])
+        model = params["model"]
+        self.embedder, tokenizer, image_processor = Embedder.load(model_dir, model["attn_implementation"],
+                                                                  mrope=model["mrope"])
+        check_processor(image_processor, pixel_budget(model), model_dir)
         self.embedder.to(self.state.device).eval()
         self.store = SaliencyStore(self.paths.saliency) if self.embedder.uses_saliency else None
         self.build = InputBuilder(tokenizer, image_processor, image_root(self.paths.data),
-                                  params["train"]["max_text_tokens"])
+                                  params["evaluate"]["max_text_tokens"], image_side=square_side(model))
         self.cache_dir = self.paths.results / "cache" / "eval" / self.paths.run(variant, seed)
-        self.settings = {"max_text_tokens": params["train"]["max_text_tokens"],
-                         "attn_implementation": params["model"]["attn_implementation"]}
+        self.settings = {"max_text_tokens": params["evaluate"]["max_text_tokens"],
+                         "attn_implementation": model["attn_implementation"], "mrope": model["mrope"],
+                         "image_side": square_side(model), "pixels": pixel_budget(model)}
+        self.unreadable = read_unreadable(self.paths.data)
+        self.checks = read_eval_checks(self.paths.data)
         self.model_files = [model_dir, *([self.paths.saliency] if self.store else [])]
         self._masks: dict[str, np.ndarray | None] = {}
 
@@ -116,10 +119,15 @@ class DatasetEvaluator:
 
     def __call__(self, row: Any) -> tuple[dict[str, Any], np.ndarray, float]:
         """(scores record, per-row hits, encode seconds) of one manifest row; files written by the main process."""
-        frame = read_eval(self.paths.data, row.dataset)
-        check_images(frame, image_root(self.paths.data), row.dataset)
+        full = read_eval(self.paths.data, row.dataset)
+        check_images(full, image_root(self.paths.data), row.dataset)
+        kept = rows.drop_unreadable(full, row.dataset, self.unreadable, self.params["evaluate"]["drop_unreadable"])
+        frame = kept.frame
         queries, cands = unique_inputs(frame)
-        found = self.embeddings(row.dataset, queries, cands)
+        try:
+            found = self.embeddings(row.dataset, queries, cands)
+        except ImageDecodeError as err:
+            raise DataFormatError(f"{rows.locate(full, row.dataset, {err.path})} cannot be decoded: {err}") from err
         tensors = found["tensors"]
         ranks, rankings = rank_rows(frame, queries, tensors["query"], cands, tensors["candidate"])
         hits = (np.asarray(ranks) == 1).astype(np.float64)
@@ -131,13 +139,21 @@ class DatasetEvaluator:
                   "unique_queries": len(queries), "unique_candidates": len(cands),
                   "input_references": len(frame) + int(frame["tgt_text"].map(len).sum()),
                   "forward_passes": found["forward_passes"], "forward_ratio": found["forward_passes"] / unique,
-                  **figures}
+                  **figures, **kept.record, **rows.accepted_counts(self.checks, row.dataset)}
         if self.state.is_main_process:
             outputs.write_json(outputs.scores_path(self.eval_dir, row.dataset), record)
             depth = self.params["evaluate"]["ranking_depth"]
-            outputs.write_predictions(outputs.predictions_path(self.eval_dir, row.dataset), ranks,
+            outputs.write_predictions(outputs.predictions_path(self.eval_dir, row.dataset), kept.rows, ranks,
                                       [r[:depth] for r in rankings])
         return record, hits, found["seconds"]
+
+
+def check_processor(image_processor, pixels: int, model_dir: Path) -> None:
+    """The model folder's image processor must use the pixel budget of params `model` (what training used)."""
+    size = (image_processor.size["shortest_edge"], image_processor.size["longest_edge"])
+    if size != (pixels, pixels):
+        raise ValueError(f"{model_dir}: the model's image processor has min/max pixels {size}, params model give "
+                         f"{pixels} (model.image_resize / image_side / image_pixels); retrain or set them back")
 
 
 def _nanmean(values: torch.Tensor) -> float | None:
@@ -149,6 +165,7 @@ def _nanmean(values: torch.Tensor) -> float | None:
 def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
     """Score one trained (variant, seed) on every eval dataset of the manifest; write per-dataset files and
     `aggregate.json` (with bootstrap 95 % CIs), log to MLflow; returns the aggregate record."""
+    params = as_params(params)
     evaluator = DatasetEvaluator(params, variant, seed)
     paths, state, eval_dir = evaluator.paths, evaluator.state, evaluator.eval_dir
     manifest = read_manifest(paths.data)

@@ -1,7 +1,7 @@
 """The evaluate stage's per-dataset files, their one writer and reader (format: docs/evaluation.md).
 
     <eval_dir>/scores/<dataset>.json          metrics, counts, interpretability figures, bootstrap CI of hit@1
-    <eval_dir>/predictions/<dataset>.jsonl    per query row: {"query", "rank", "correct", "ranking"}
+    <eval_dir>/predictions/<dataset>.jsonl    per scored query row: {"query", "rank", "correct", "ranking"}
     <eval_dir>/embeddings/<dataset>.safetensors   "query" (Nq, D) and "candidate" (Nc, D) float32, unit norm
     <eval_dir>/embeddings/<dataset>.keys.parquet  side, index, text, image_path: the input of each tensor row
 """
@@ -40,11 +40,12 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def write_predictions(path: Path, ranks: list[int], rankings: list[list[int]]) -> None:
-    """One JSON line per query row, in row order; `ranking` may be truncated (see params evaluate.ranking_depth)."""
+def write_predictions(path: Path, rows: list[int], ranks: list[int], rankings: list[list[int]]) -> None:
+    """One JSON line per scored query row (`rows`: its row in the eval parquet), in row order; `ranking` may be
+    truncated (see params evaluate.ranking_depth)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for row, (rank, ranking) in enumerate(zip(ranks, rankings, strict=True)):
+        for row, rank, ranking in zip(rows, ranks, rankings, strict=True):
             f.write(json.dumps({"query": row, "rank": rank, "correct": rank == 1, "ranking": ranking}) + "\n")
 
 
@@ -62,9 +63,11 @@ def read_predictions(eval_dir: Path, dataset: str) -> pd.DataFrame:
         missing = [k for k in PREDICTION_KEYS if k not in record]
         if missing:
             raise ValueError(f"{path}: line {line_no} lacks key(s) {missing}")
-        if record["query"] != line_no - 1 or not isinstance(record["rank"], int) or record["rank"] < 1:
-            raise ValueError(f"{path}: line {line_no} has query {record['query']!r} / rank {record['rank']!r}; "
-                             f"expected query {line_no - 1} and an integer rank >= 1")
+        previous = records[-1]["query"] if records else -1
+        query, rank = record["query"], record["rank"]
+        if not (isinstance(query, int) and query > previous and isinstance(rank, int) and rank >= 1):
+            raise ValueError(f"{path}: line {line_no} has query {query!r} / rank {rank!r}; expected an integer "
+                             f"query row > {previous} (rows in order) and an integer rank >= 1")
         records.append(record)
     if not records:
         raise ValueError(f"{path}: no predictions")

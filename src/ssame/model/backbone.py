@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,35 @@ def tiny_config(tiny: dict[str, Any], tokenizer, attn_implementation: str | dict
     return config
 
 
-def image_processor_for(params: dict[str, Any], source: str | None = None) -> Qwen2VLImageProcessorPil:
-    """Qwen2-VL image preprocessing with a fixed pixel budget (min = max = model.image_pixels)."""
+def square_side(model: Mapping[str, Any]) -> int | None:
+    """The side every image is resized to first (params `model`; `InputBuilder(image_side=...)`), None unless
+    `model.image_resize` is square."""
+    return model["image_side"] if model["image_resize"] == "square" else None
+
+
+def pixel_budget(model: Mapping[str, Any]) -> int:
+    """Min = max pixels of the Qwen2-VL processor: image_side² (square: the resized images pass unchanged) or
+    image_pixels (pixels: aspect ratio kept)."""
+    side = square_side(model)
+    return side * side if side is not None else model["image_pixels"]
+
+
+def image_processor_for(params: Mapping[str, Any], source: str | None = None) -> Qwen2VLImageProcessorPil:
+    """Qwen2-VL image preprocessing with a fixed pixel budget (min = max = `pixel_budget`)."""
     model = params["model"]
-    pixels = model["image_pixels"]
+    pixels = pixel_budget(model)
     if source is None:
         vision = model["tiny"]["vision"]
         return Qwen2VLImageProcessorPil(patch_size=vision["patch_size"], merge_size=vision["spatial_merge_size"],
                                         temporal_patch_size=vision["temporal_patch_size"],
                                         min_pixels=pixels, max_pixels=pixels)
-    return Qwen2VLImageProcessorPil.from_pretrained(source, min_pixels=pixels, max_pixels=pixels)
+    return Qwen2VLImageProcessorPil.from_pretrained(source, revision=model["revision"], min_pixels=pixels,
+                                                    max_pixels=pixels)
 
 
-def load_backbone(params: dict[str, Any], data_dir: Path):
-    """(model, tokenizer, image processor) for training: tiny random init or `from_pretrained`, in `model.dtype`,
-    with gradient checkpointing when `model.gradient_checkpointing`."""
+def load_backbone(params: Mapping[str, Any], data_dir: Path):
+    """(model, tokenizer, image processor) for training: tiny random init or `from_pretrained` at `model.revision`
+    (None only for a local folder), in `model.dtype`, gradient checkpointing when `model.gradient_checkpointing`."""
     model_cfg = params["model"]
     dtype = DTYPES[model_cfg["dtype"]]
     # sdpa / flash keep their kernels; the text model returns the pooled token's attention row on request
@@ -62,11 +77,11 @@ def load_backbone(params: dict[str, Any], data_dir: Path):
         model = Qwen2VLForConditionalGeneration(config).to(dtype)
         processor = image_processor_for(params)
     else:
-        source = model_cfg["backbone"]
-        tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+        source, revision = model_cfg["backbone"], model_cfg["revision"]
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, padding_side="left")
         model = Qwen2VLForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, attn_implementation=attn)
+            source, revision=revision, dtype=dtype, attn_implementation=attn)
         processor = image_processor_for(params, source)
-    if model_cfg.get("gradient_checkpointing"):
+    if model_cfg["gradient_checkpointing"]:
         model.activation_checkpointing_enable()  # non-reentrant: adapters under frozen embeddings still get grads
     return model, tokenizer, processor

@@ -1,4 +1,11 @@
-"""SSA-ME embedder: Qwen2-VL + optional feature regeneration; last-token pooling, L2-normalised."""
+"""SSA-ME embedder: Qwen2-VL + optional feature regeneration; last-token pooling, L2-normalised.
+
+Position ids (`mrope`, params `model.mrope`) are passed to the Qwen2-VL core explicitly. `vlm2vec_1d`: every token,
+image tokens included, gets the plain 1-D position of its place among the unpadded tokens (all three M-RoPE
+sections equal), as VLM2Vec's Qwen2-VL copy gives inputs whose image tokens follow no `<|vision_start|>`.
+`grouped`: transformers' 3-D M-RoPE, image tokens grouped by `mm_token_type_ids` (height/width grid positions),
+text-only batches 0..L-1.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ssame.config import as_variant
 from ssame.model.attention import attention_implementation
 from ssame.model.inputs import EncodedBatch
 from ssame.model.regen import FeatureRegenerator
 
 MODULES_FILE, CONFIG_FILE = "ssame_modules.safetensors", "ssame.json"
+MROPE = ("vlm2vec_1d", "grouped")
 
 
 @dataclass
@@ -33,18 +41,22 @@ class Embedder(nn.Module):
     """Encode a batch of (text, image) inputs into one vector each."""
 
     def __init__(self, backbone: Qwen2VLForConditionalGeneration, variant: dict[str, Any],
-                 lora: dict[str, Any] | None = None):
-        """`lora` (params `model.lora`) wraps the language model in LoRA/DoRA adapters, freezing the backbone."""
+                 lora: dict[str, Any] | None = None, *, mrope: str):
+        """`lora` (params `model.lora`) wraps the language model in LoRA/DoRA adapters, freezing the backbone;
+        `mrope` (params `model.mrope`) chooses the position ids (module docstring)."""
         super().__init__()
+        if mrope not in MROPE:
+            raise ValueError(f"mrope must be one of {MROPE}, got {mrope!r}")
+        self.mrope = mrope
         if lora:
             from ssame.model.lora import apply_lora
 
             backbone = apply_lora(backbone, lora)
         self.backbone = backbone
-        self.variant = dict(variant)
+        self.variant = as_variant(variant)
         hidden = self.qwen.config.text_config.hidden_size
         self.regen = FeatureRegenerator(hidden) if variant["feature_regen"] else None
-        self.attn_layers: list[int] = list(variant.get("attn_layers", [-1]))
+        self.attn_layers: list[int] = list(variant["attn_layers"])
 
     @property
     def qwen(self) -> Qwen2VLForConditionalGeneration:
@@ -64,10 +76,22 @@ class Embedder(nn.Module):
             return [self._encode(b, with_attention, with_hidden) for b in batch]
         return self._encode(batch, with_attention, with_hidden)
 
+    def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(3, B, L) position ids of a batch under `self.mrope` (padding: 0 under vlm2vec_1d; masked anyway)."""
+        mask = inputs["attention_mask"]
+        if self.mrope == "vlm2vec_1d":
+            return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0).expand(3, -1, -1)
+        if "image_grid_thw" in inputs:
+            return self.qwen.model.get_rope_index(inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"],
+                                                  attention_mask=mask,
+                                                  mm_token_type_ids=inputs["mm_token_type_ids"])[0]
+        batch, length = inputs["input_ids"].shape  # what the text model uses when given no positions
+        return torch.arange(length, device=mask.device).view(1, 1, -1).expand(3, batch, -1)
+
     def _encode(self, batch: EncodedBatch, with_attention: bool, with_hidden: bool) -> EmbedOutput:
         inputs = batch.inputs
         core = self.qwen.model
-        kwargs: dict[str, Any] = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        embeds = core.get_input_embeddings()(inputs["input_ids"])
         if "pixel_values" in inputs:
             feats = core.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
             if self.regen is not None:
@@ -75,9 +99,11 @@ class Embedder(nn.Module):
                     raise ValueError("feature regeneration needs saliency maps for every image of the batch")
                 feats = tuple(self.regen(f, torch.as_tensor(s.ravel(), device=f.device))
                               for f, s in zip(feats, batch.saliency, strict=True))
-            kwargs["image_grid_thw"] = inputs["image_grid_thw"]
-            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
-        out = core(**kwargs, output_attentions=with_attention, use_cache=False)
+            # image features go to the image tokens of `mm_token_type_ids` (a literal <|image_pad|> stays text)
+            visual = inputs["mm_token_type_ids"].bool().unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(visual, torch.cat(feats).to(embeds.device, embeds.dtype))
+        out = core(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                   position_ids=self.position_ids(inputs), output_attentions=with_attention, use_cache=False)
         embeddings = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
         attention = self._visual_attention(out.attentions, batch) if with_attention else []
         is_visual = inputs["mm_token_type_ids"].bool()
@@ -108,18 +134,26 @@ class Embedder(nn.Module):
         if self.regen is not None:
             save_file({f"regen.{k}": v.contiguous() for k, v in self.regen.state_dict().items()},
                       directory / MODULES_FILE)
-        (directory / CONFIG_FILE).write_text(json.dumps({"variant": self.variant}, indent=2) + "\n")
+        record = {"variant": self.variant.to_dict(), "mrope": self.mrope}
+        (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path, attn_implementation: str = "eager"):
-        """(embedder, tokenizer, image processor) from a folder written by `save`."""
+    def load(cls, directory: Path, attn_implementation: str = "eager", *, mrope: str):
+        """(embedder, tokenizer, image processor) from a folder written by `save`; `mrope` must be what the model
+        was trained with (recorded in the folder)."""
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"not an ssame model folder (no {CONFIG_FILE}): {directory}")
-        variant = json.loads(config_path.read_text())["variant"]
+        record = json.loads(config_path.read_text())
+        if "mrope" not in record or "attn_layers" not in record["variant"]:
+            raise ValueError(f"{config_path}: written by an older ssame (no mrope / attn_layers record); retrain it "
+                             "(snakemake reruns training when the params change)")
+        if record["mrope"] != mrope:
+            raise ValueError(f"{config_path}: the model was trained with mrope {record['mrope']!r}, params "
+                             f"model.mrope is {mrope!r}; retrain or set it back")
         backbone = Qwen2VLForConditionalGeneration.from_pretrained(
             directory / "backbone", attn_implementation=attention_implementation(attn_implementation, True))
-        embedder = cls(backbone, variant)
+        embedder = cls(backbone, record["variant"], mrope=mrope)
         if embedder.regen is not None:
             state = load_file(directory / MODULES_FILE)
             embedder.regen.load_state_dict({k.removeprefix("regen."): v for k, v in state.items()})

@@ -3,7 +3,8 @@
 MMEB's placeholder `<|image_1|>` is replaced in place by a bare `<|image_pad|>` (no vision start/end markers, no
 chat template), which is expanded to one pad per merged visual token as Qwen2VLProcessor does (that class needs
 torchvision for its video half, so the two halves it wraps, tokenizer and image processor, are driven here
-directly). M-RoPE needs no markers: transformers' `get_rope_index` groups tokens by `mm_token_type_ids`.
+directly). A placeholder in a text without an image stays one literal `<|image_pad|>` token, a text token
+(MMEB's WebQA queries carry one; VLM2Vec's processor leaves it unexpanded). Positions: ssame.model.embedder.
 """
 
 from __future__ import annotations
@@ -15,11 +16,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssame.data.io import IMAGE_TOKEN
 from ssame.data.prompts import IMAGE_TOKENS, substitute_image_token
 
 # The vision markers are Qwen2-VL vocabulary for the backbone config and the LMM subject prompt, not MMEB inputs.
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", IMAGE_TOKENS["qwen2_vl"]
+
+
+def check_square(image_processor, side: int) -> None:
+    """Raise unless a side x side image passes the Qwen2-VL processor unchanged: side a multiple of patch x merge
+    and side² within its [min, max] pixels (then VLM2Vec's 1344 x 1344 images keep their size)."""
+    factor = image_processor.patch_size * image_processor.merge_size
+    low, high = image_processor.size["shortest_edge"], image_processor.size["longest_edge"]
+    if side % factor or not low <= side * side <= high:
+        raise ValueError(f"square images of side {side} are resized again by the image processor (side must be a "
+                         f"multiple of patch_size x merge_size = {factor}, side² within [{low}, {high}] pixels)")
+
+
+class ImageDecodeError(ValueError):
+    """An image file PIL cannot decode; `path` is relative to the image root (callers name the dataset row)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass
@@ -35,16 +53,20 @@ class EncodedBatch:
 class InputBuilder:
     """Tokenise text with its image placeholder expanded in place and preprocess the images of a batch."""
 
-    def __init__(self, tokenizer, image_processor, image_root: Path, max_text_tokens: int,
-                 cache_images: bool = False):
-        """`cache_images` keeps each image's preprocessed patches in memory (training revisits images)."""
+    def __init__(self, tokenizer, image_processor, image_root: Path, max_text_tokens: int | None,
+                 image_side: int | None = None):
+        """`max_text_tokens`: text tokens kept per input, image tokens never cut (None: no truncation);
+        `image_side`: resize every image to image_side x image_side first, as VLM2Vec does (None: the processor's
+        pixel budget alone; `ssame.model.backbone.square_side` gives it from params)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_root = image_root
         self.max_text_tokens = max_text_tokens
         self.merge = image_processor.merge_size
+        self.image_side = image_side
+        if image_side is not None:
+            check_square(image_processor, image_side)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_images else None
 
     def _load(self, rel: str) -> Image.Image:
         path = self.image_root / rel
@@ -52,28 +74,29 @@ class InputBuilder:
             raise FileNotFoundError(f"image not found: {path}")
         try:
             with Image.open(path) as image:
+                if self.image_side is not None:  # before RGB conversion, as VLM2Vec (Pillow's default filter)
+                    image = image.resize((self.image_side, self.image_side))
                 return image.convert("RGB")
-        except OSError as err:
-            raise ValueError(f"unreadable or corrupt image: {path}: {err}") from err
+        except Exception as err:  # whatever PIL raises (OSError, SyntaxError, DecompressionBombError, ...)
+            raise ImageDecodeError(rel, f"unreadable or corrupt image: {path}: {type(err).__name__}: {err}") from err
 
     def _preprocess(self, paths: list[str]) -> dict[str, torch.Tensor]:
-        """`pixel_values` (patches of all images, concatenated) and `image_grid_thw`, from the cache if enabled."""
-        if self._cache is None:
-            return dict(self.image_processor(images=[self._load(p) for p in paths], return_tensors="pt"))
-        missing = [p for p in dict.fromkeys(paths) if p not in self._cache]
-        if missing:
-            out = self.image_processor(images=[self._load(p) for p in missing], return_tensors="pt")
-            sizes = out["image_grid_thw"].prod(-1).tolist()
-            for path, patches, grid in zip(missing, out["pixel_values"].split(sizes), out["image_grid_thw"],
-                                           strict=True):
-                self._cache[path] = (patches, grid)
-        return {"pixel_values": torch.cat([self._cache[p][0] for p in paths]),
-                "image_grid_thw": torch.stack([self._cache[p][1] for p in paths])}
+        """`pixel_values` (patches of all images, concatenated) and `image_grid_thw`. Not cached: one image is
+        43 MB of patches at the paper's resolution, and a default run revisits 9 % of its images (docs/training.md)."""
+        return dict(self.image_processor(images=[self._load(p) for p in paths], return_tensors="pt"))
 
-    def _split(self, text: str, image: bool) -> tuple[str, str]:
-        """The text before and after the image (an image without a placeholder comes first)."""
+    def _split(self, text: str, image: bool) -> tuple[str, str, bool]:
+        """The text before and after the image token, and whether the text holds one (an image without a
+        placeholder comes first)."""
         before, found, after = substitute_image_token(text, "qwen2_vl").partition(IMAGE_PAD)
-        return ("", text) if image and not found else (before, after)
+        return ("", text, False) if image and not found else (before, after, bool(found))
+
+    def _truncate(self, head: list[int], tail: list[int]) -> tuple[list[int], list[int]]:
+        """At most `max_text_tokens` text tokens, the text before the image first."""
+        if self.max_text_tokens is None:
+            return head, tail
+        head = head[: self.max_text_tokens]
+        return head, tail[: self.max_text_tokens - len(head)]
 
     def __call__(self, texts: list[str], images: list[str], saliency_store=None) -> EncodedBatch:
         if len(texts) != len(images):
@@ -83,8 +106,6 @@ class InputBuilder:
             if image:
                 image_paths.append(image)
                 image_rows.append(row)
-            elif IMAGE_TOKEN in text:
-                raise ValueError(f"text has {IMAGE_TOKEN} but no image path: {text[:80]!r}")
             elif not text.strip():
                 raise ValueError(f"input {row} of the batch has neither text nor image")
         parts = [self._split(text, bool(image)) for text, image in zip(texts, images, strict=True)]
@@ -93,15 +114,17 @@ class InputBuilder:
         if image_paths:
             vision = self._preprocess(image_paths)
             grids = [(int(h) // self.merge, int(w) // self.merge) for _, h, w in vision["image_grid_thw"].tolist()]
-        pieces = self.tokenizer([p for pair in parts for p in pair], add_special_tokens=False)["input_ids"]
+        pieces = self.tokenizer([p for b, a, _ in parts for p in (b, a)], add_special_tokens=False)["input_ids"]
         pad_counts, sequences = iter(h * w for h, w in grids), []
-        for row, image in enumerate(images):  # the text budget goes to the text before the image first
-            head = pieces[2 * row][: self.max_text_tokens]
-            tail = pieces[2 * row + 1][: self.max_text_tokens - len(head)]
-            sequences.append(head + [self.image_token_id] * (next(pad_counts) if image else 0) + tail)
+        for row, (image, (*_, found)) in enumerate(zip(images, parts, strict=True)):
+            head, tail = self._truncate(pieces[2 * row], pieces[2 * row + 1])
+            pads = next(pad_counts) if image else int(found)  # a placeholder without an image: one literal token
+            sequences.append(head + [self.image_token_id] * pads + tail)
         enc = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
+        has_image = torch.tensor([bool(image) for image in images]).unsqueeze(1)
+        visual = (enc["input_ids"] == self.image_token_id) & has_image
         inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                  "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int(), **vision}
+                  "mm_token_type_ids": visual.int(), **vision}
         saliency = None
         if saliency_store is not None:
             saliency = [saliency_store.map(images[r], grids[i], texts[r]) for i, r in enumerate(image_rows)]

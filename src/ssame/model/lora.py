@@ -49,14 +49,14 @@ def target_regex(backbone: Qwen2VLForConditionalGeneration, target_modules: list
 def apply_lora(backbone: Qwen2VLForConditionalGeneration, cfg: dict[str, Any]) -> PeftModel:
     """Wrap the language model's `cfg["target_modules"]` linear layers with LoRA (DoRA if `cfg["use_dora"]`).
 
-    `cfg` is params `model.lora`: r, alpha, dropout, target_modules, optional use_dora. Every base weight,
+    `cfg` is params `model.lora`: r, alpha, dropout, target_modules, use_dora. Every base weight,
     the vision tower included, is frozen; only the adapter weights train. Modifies `backbone` in place; reach the
     Qwen2-VL model through `peft_model.get_base_model()` (see the module docstring).
     """
     config = LoraConfig(
         r=int(cfg["r"]), lora_alpha=cfg["alpha"], lora_dropout=float(cfg["dropout"]),
         target_modules=target_regex(backbone, list(cfg["target_modules"])),
-        use_dora=bool(cfg.get("use_dora", False)), bias="none",
+        use_dora=bool(cfg["use_dora"]), bias="none",
     )
     return get_peft_model(backbone, config)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssame.config import Paths
+from ssame.config import Paths, as_params
 from ssame.data.io import read_manifest
 from ssame.evaluate.stats import variant_hits
 from ssame.report.figures import metatask_bars, saliency_overlays
@@ -45,6 +45,7 @@ OUTPUT_FILES = [
 
 def build(params: dict) -> None:
     """Write every file in OUTPUT_FILES (and the per-method saliency figures) under `params["reports_dir"]`."""
+    params = as_params(params)
     results, reports = Path(params["results_dir"]), Path(params["reports_dir"])
     variants, seeds = params["train"]["variants"], params["train"]["seeds"]
     manifest = read_manifest(results / "data")

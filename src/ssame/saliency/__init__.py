@@ -11,6 +11,7 @@ __all__ = ["SaliencyStore", "build"]
 
 def build(params: dict[str, Any]) -> None:
     """Run the saliency stage (imported on demand: readers of the maps need only `SaliencyStore`)."""
+    from ssame.config import as_params
     from ssame.saliency.stage import build as build_stage
 
-    build_stage(params)
+    build_stage(as_params(params))

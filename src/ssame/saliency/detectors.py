@@ -2,14 +2,15 @@
 
 A detector's `detect(images, phrases)` gives, per image, boxes (K, 4) xyxy in pixels and their scores (K,) above
 its threshold; `__call__` paints them with `boxes_to_map`. `Refined(detector, SamRefiner(...))` paints SAM's masks
-for the same boxes instead.
+for the same boxes instead, with SAM on the detector's device and one SAM forward pass per batch of images.
+Every model is loaded with `from_pretrained(model, revision=revision)` (revision None only for a local folder).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from transformers import (
     SamProcessor,
 )
 
-from ssame.saliency.experts import Expert, register
+from ssame.saliency.experts import Expert, register, resolve_device
 
 Detections = list[tuple[np.ndarray, np.ndarray]]
 
@@ -93,7 +94,16 @@ class _Detector(Expert):
     def __init__(self, batch_size: int, device: str):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.device = batch_size, torch.device(device)
+        self.batch_size, self.device = batch_size, torch.device(resolve_device(device))
+
+    @classmethod
+    def build(cls, *, sam: Mapping[str, Any] | None, device: str, **kwargs: Any) -> Expert:
+        """From params `saliency.expert_args.<name>`: boxes refined by `sam` (on the same device) unless it is null."""
+        detector = cls(device=device, **kwargs)
+        if sam is None:
+            return detector
+        return Refined(detector, SamRefiner(sam["model"], revision=sam["revision"], device=str(detector.device),
+                                            batch_size=detector.batch_size))
 
     def detect(self, images: list[np.ndarray], phrases: list[list[str]]) -> Detections:
         """Per image, (boxes (K, 4) xyxy pixels, scores (K,)) of the detections above the threshold."""
@@ -121,11 +131,11 @@ class Owlv2Expert(_Detector):
 
     name = "owlv2"
 
-    def __init__(self, model: str | Path, threshold: float = 0.1, batch_size: int = 8, device: str = "cpu"):
+    def __init__(self, model: str | Path, *, revision: str | None, threshold: float, batch_size: int, device: str):
         super().__init__(batch_size, device)
         self.threshold = threshold
-        self.processor = Owlv2Processor.from_pretrained(model)
-        self.model = Owlv2ForObjectDetection.from_pretrained(model).to(self.device).eval()
+        self.processor = Owlv2Processor.from_pretrained(model, revision=revision)
+        self.model = Owlv2ForObjectDetection.from_pretrained(model, revision=revision).to(self.device).eval()
 
     def _detect(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[dict]:
         inputs = self.processor(images=images, text=phrases, truncation=True, return_tensors="pt").to(self.device)
@@ -149,12 +159,12 @@ class GroundingDinoExpert(_Detector):
 
     name = "grounding_dino"
 
-    def __init__(self, model: str | Path, box_threshold: float = 0.25, text_threshold: float = 0.25,
-                 batch_size: int = 4, device: str = "cpu"):
+    def __init__(self, model: str | Path, *, revision: str | None, box_threshold: float, text_threshold: float,
+                 batch_size: int, device: str):
         super().__init__(batch_size, device)
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
-        self.processor = AutoProcessor.from_pretrained(model)
-        self.model = GroundingDinoForObjectDetection.from_pretrained(model).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(model, revision=revision)
+        self.model = GroundingDinoForObjectDetection.from_pretrained(model, revision=revision).to(self.device).eval()
 
     def _detect(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[dict]:
         prompts = [grounding_prompt(p) for p in phrases]
@@ -172,31 +182,45 @@ class GroundingDinoExpert(_Detector):
 
 
 class SamRefiner:
-    """SAM masks prompted by boxes: per image the union of the masks, each weighted by its box's score."""
+    """SAM masks prompted by boxes: per image the union of the masks, each weighted by its box's score.
 
-    def __init__(self, model: str | Path, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.processor = SamProcessor.from_pretrained(model)
-        self.model = SamModel.from_pretrained(model).to(self.device).eval()
+    Images are refined `batch_size` at a time, each batch in one SAM forward pass on `device` (all boxes of all its
+    images); images without a valid box get an all-zero map without a pass.
+    """
+
+    def __init__(self, model: str | Path, *, revision: str | None, device: str, batch_size: int):
+        self.device, self.batch_size = torch.device(resolve_device(device)), batch_size
+        self.processor = SamProcessor.from_pretrained(model, revision=revision)
+        self.model = SamModel.from_pretrained(model, revision=revision).to(self.device).eval()
 
     def __call__(self, images: list[np.ndarray], detections: Detections) -> list[np.ndarray]:
         """One float32 (H, W) map in [0, 1] per image, max-normalised; no valid box gives an all-zero map."""
         if len(images) != len(detections):
             raise ValueError(f"{len(images)} images but {len(detections)} detections")
-        return [self._one(image, *detection) for image, detection in zip(images, detections, strict=True)]
+        valid = [_valid_boxes(boxes, scores, *image.shape[:2])
+                 for image, (boxes, scores) in zip(images, detections, strict=True)]
+        out = [np.zeros(image.shape[:2], dtype=np.float32) for image in images]
+        todo = [i for i, (boxes, _) in enumerate(valid) if len(boxes)]
+        for start in range(0, len(todo), self.batch_size):
+            idx = todo[start:start + self.batch_size]
+            masks = self.masks([images[i] for i in idx], [valid[i][0] for i in idx])
+            for i, mask in zip(idx, masks, strict=True):
+                out[i] = _peak_normalise((mask * valid[i][1][:, None, None]).max(axis=0))
+        return out
 
-    def _one(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        boxes, scores = _valid_boxes(boxes, scores, height, width)
-        if not len(boxes):
-            return np.zeros((height, width), dtype=np.float32)
-        inputs = self.processor(images=[image], input_boxes=[boxes.tolist()], return_tensors="pt")
+    def masks(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """One SAM forward pass for every box of `images` (each (K_i, 4), K_i >= 1): per image (K_i, H, W) bool."""
+        most = max(len(b) for b in boxes)
+        # SamProcessor needs the same box count per image: repeat an image's first box (its extra masks are dropped;
+        # SAM decodes each box prompt independently, so the kept masks do not depend on the padding).
+        padded = [np.concatenate([b, np.repeat(b[:1], most - len(b), axis=0)]).tolist() for b in boxes]
+        inputs = self.processor(images=images, input_boxes=padded, return_tensors="pt")
         with torch.no_grad():
             outputs = self.model(pixel_values=inputs.pixel_values.to(self.device),
                                  input_boxes=inputs.input_boxes.to(self.device), multimask_output=False)
-        masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), inputs.original_sizes,
-                                                  inputs.reshaped_input_sizes)[0][:, 0].numpy()  # (K, H, W) bool
-        return _peak_normalise((masks * scores[:, None, None]).max(axis=0))
+            masks = self.processor.post_process_masks(outputs.pred_masks, inputs.original_sizes,
+                                                      inputs.reshaped_input_sizes)
+        return [mask[:len(b), 0].cpu().numpy() for mask, b in zip(masks, boxes, strict=True)]
 
 
 class _BoxDetector(Protocol):

@@ -9,12 +9,13 @@ class registered with `@register`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+from PIL import Image
 
 EXPERTS: dict[str, type[Expert]] = {}
 
@@ -30,18 +31,31 @@ _PLUGINS = {"colour_terms": "ssame.saliency.colour", "owlv2": "ssame.saliency.de
 
 
 def build_expert(name: str, **kwargs: Any) -> Expert:
-    """An expert by registry name; a detector given `sam=<model>` has its boxes refined into SAM masks."""
+    """An expert by registry name, built by its class's `build` from `kwargs` (params `saliency.expert_args.<name>`);
+    a detector given `sam: {model, revision}` has its boxes refined into SAM masks."""
     if name not in EXPERTS and name in _PLUGINS:
         importlib.import_module(_PLUGINS[name])
     if name not in EXPERTS:
         raise KeyError(f"unknown saliency expert '{name}'; registered: {sorted({*EXPERTS, *_PLUGINS})}")
-    sam = kwargs.pop("sam", None)
-    expert = EXPERTS[name](**kwargs)
-    if sam is None:
-        return expert
-    from ssame.saliency.detectors import Refined, SamRefiner
+    return EXPERTS[name].build(**kwargs)
 
-    return Refined(expert, SamRefiner(sam))
+
+def expert_kwargs(saliency: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The keyword arguments params give expert `name`: `saliency.expert_args.<name>`; none when it has no entry
+    (a weight-free expert) or a null one (a detector the profile does not use; the schema requires it when used)."""
+    args = saliency["expert_args"]
+    if name not in args or args[name] is None:
+        return {}
+    return dict(args[name])
+
+
+def resolve_device(device: str) -> str:
+    """A torch device name: `auto` is cuda when torch sees a GPU, else cpu; anything else is returned as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def normalise(sal: np.ndarray) -> np.ndarray:
@@ -58,6 +72,11 @@ class Expert:
 
     name: ClassVar[str]
     phrase_conditioned: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> Expert:
+        """The expert from params' keyword arguments (detectors override this to resolve the device and add SAM)."""
+        return cls(**kwargs)
 
     def __call__(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[np.ndarray]:
         if len(images) != len(phrases):
@@ -121,10 +140,12 @@ class Uniform(Expert):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image; a clear error for a missing or unreadable file."""
+    """RGB uint8 image, decoded by PIL as training and the data stage's readability check decode it; a clear error
+    naming the file when it is missing or unreadable."""
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"unreadable or corrupt image: {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"unreadable or corrupt image: {path} ({type(err).__name__}: {err})") from err

@@ -13,6 +13,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from ssame.model.backbone import DTYPES
 from ssame.model.inputs import IMAGE_PAD, VISION_END, VISION_START
+from ssame.saliency.experts import resolve_device
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 PROMPT = (
@@ -63,17 +64,20 @@ class LMMSubjects:
     and without "in the image".
     """
 
-    def __init__(self, model: str | Path, max_new_tokens: int = 24, batch_size: int = 8, device: str = "cpu",
-                 dtype: str = "float32"):
+    def __init__(self, model: str | Path, *, revision: str | None, max_new_tokens: int, batch_size: int, device: str,
+                 dtype: str):
+        """`model` at `revision` (None for a local folder); `device` `auto` = cuda when available, else cpu."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+        device = resolve_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, padding_side="left")
         vocab = self.tokenizer.get_vocab()
         missing = [t for t in (IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END) if t not in vocab]
         if missing:
             raise ValueError(f"tokenizer of {model} lacks the Qwen2-VL special tokens {missing}")
-        self.model = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=DTYPES[dtype]).to(device).eval()
-        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(model)
+        self.model = Qwen2VLForConditionalGeneration.from_pretrained(
+            model, revision=revision, dtype=DTYPES[dtype]).to(device).eval()
+        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(model, revision=revision)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.device = device

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from ssame.data.io import mask_path, read_eval, read_manifest
-from ssame.saliency.experts import build_expert
+from ssame.saliency.experts import build_expert, expert_kwargs
 from ssame.saliency.fusion import Fusion
 from ssame.saliency.quality import auc, iou_top, pointing
 
@@ -43,11 +43,11 @@ def _samples(data_dir: Path, per_dataset: int) -> tuple[list[tuple], list[tuple]
     return scored, shown
 
 
-def score_experts(params: dict[str, Any], data_dir: Path, fusion: Fusion, subjects, args: dict,
-                  figure_path: Path, load: Callable[[str], np.ndarray | None]) -> pd.DataFrame:
+def score_experts(params: Mapping[str, Any], data_dir: Path, fusion: Fusion, subjects, figure_path: Path,
+                  load: Callable[[str], np.ndarray | None]) -> pd.DataFrame:
     """Mean AUC, IoU of the top 10 % and pointing game per (method, dataset); empty when no masks exist.
 
-    Images come through `load` (the stage's bad-input policy); a skipped image is left out.
+    Images come through `load` (None for an image the data stage found unreadable); such an image is left out.
     Also writes `figure_path` (npz: `images`, `texts`, `methods`, `maps` (methods, samples, S, S)): every method's
     map for the first query image of up to FIGURE_SAMPLES datasets, which the report stage draws.
     """
@@ -59,7 +59,7 @@ def score_experts(params: dict[str, Any], data_dir: Path, fusion: Fusion, subjec
     samples = scored + shown
     images = [loaded[s[2]] for s in samples]
     phrases = subjects([s[1] for s in samples]) if samples else []
-    experts = {name: build_expert(name, **args.get(name, {})) for name in cfg["quality"]["experts"]}
+    experts = {name: build_expert(name, **expert_kwargs(cfg, name)) for name in cfg["quality"]["experts"]}
     maps = {name: expert(images, phrases) for name, expert in experts.items()}
     maps["fusion"] = fusion(images, phrases)
     size = cfg["map_size"]

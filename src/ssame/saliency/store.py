@@ -1,35 +1,95 @@
-"""Saliency storage and its one loader.
+"""Saliency storage: one shard of uncompressed arrays per dataset, read lazily, and its one loader.
 
-`<results>/saliency/shards/<dataset>.npz` holds
-- `images` (N,) str and `maps` (N, S, S) float16: the bottom-up map of every image of the dataset;
-- `pair_texts`, `pair_images` (M,) str and `pair_maps` (M, S, S) float16: the fused map of every (text, image)
-  pair whose text names a subject.
-S = params `saliency.map_size`, values in [0, 1], image paths relative to the data stage's image root.
-`<dataset>.subjects.jsonl` beside it lists every pair's subject phrases; `manifest.json` indexes the shards.
-`SaliencyStore` resizes a map to the backbone's merged visual-token grid on demand, the form training consumes.
+`<results>/saliency/shards/<dataset>/` holds uncompressed `.npy` arrays in two tables:
+- `images.*`: the bottom-up map of every image of the dataset, keyed by image path;
+- `pairs.*`: the fused map of every (text, image) pair whose text names a subject, keyed by `text \\0 image`,
+  with the pair's first subject phrase aligned (`pairs.subject_offsets.npy`, `pairs.subjects.npy`).
+Each table has `hash.npy` (N,) uint64 sorted (64-bit BLAKE2b of the UTF-8 key), `key_offsets.npy` (N+1,) int64 and
+`keys.npy` uint8 (the keys, in hash order, to confirm a hit) and `maps.npy` (N, S, S) float16, values in [0, 1],
+S = params `saliency.map_size`, image paths relative to the data stage's image root. `shard.json` (written last:
+a shard folder is complete or absent) records S and the counts. `<dataset>.subjects.jsonl` beside the folder lists
+every pair's subject phrases for people; `manifest.json` indexes the shards.
+
+`SaliencyStore` memory-maps the hashes and key offsets, searches them with np.searchsorted and reads the one key
+and map a lookup needs with os.pread, so a process holds no map it has not asked for, whatever the dataset size
+(memory-mapped reads would map each map's neighbours too and, over a run, whole shards into every process's RSS).
+It resizes a map to the backbone's merged visual-token grid on demand, the form training consumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+SHARD_FILE = "shard.json"
 
-def write_shard(path: Path, maps: dict[str, np.ndarray], pair_maps: dict[tuple[str, str], np.ndarray],
-                size: int) -> None:
-    """One dataset's shard; either dict may be empty (a text-only dataset, every image skipped)."""
-    images, pairs = sorted(maps), sorted(pair_maps)
 
-    def stack(arrays: list[np.ndarray]) -> np.ndarray:
-        return (np.stack(arrays) if arrays else np.zeros((0, size, size))).astype(np.float16)
+def _hash(key: bytes) -> np.uint64:
+    return np.uint64(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
 
-    np.savez_compressed(
-        path, images=np.array(images, dtype=str), maps=stack([maps[k] for k in images]),
-        pair_texts=np.array([t for t, _ in pairs], dtype=str), pair_images=np.array([i for _, i in pairs], dtype=str),
-        pair_maps=stack([pair_maps[k] for k in pairs]))
+
+def _pair_key(text: str, image: str) -> bytes:
+    return f"{text}\x00{image}".encode()
+
+
+def _packed(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (N+1,) int64, concatenated bytes uint8) of variable-length byte strings."""
+    offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in strings])
+    return offsets, np.frombuffer(b"".join(strings), dtype=np.uint8)
+
+
+def _write_table(folder: Path, name: str, keys: list[bytes], maps: list[np.ndarray], size: int,
+                 subjects: list[str] | None = None) -> None:
+    hashes = np.array([_hash(k) for k in keys], dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    np.save(folder / f"{name}.hash.npy", hashes[order])
+    offsets, packed = _packed([keys[i] for i in order])
+    np.save(folder / f"{name}.key_offsets.npy", offsets)
+    np.save(folder / f"{name}.keys.npy", packed)
+    stacked = np.stack([maps[i] for i in order]) if keys else np.zeros((0, size, size))
+    np.save(folder / f"{name}.maps.npy", stacked.astype(np.float16))
+    if subjects is not None:
+        offsets, packed = _packed([subjects[i].encode() for i in order])
+        np.save(folder / f"{name}.subject_offsets.npy", offsets)
+        np.save(folder / f"{name}.subjects.npy", packed)
+
+
+def shard_dir(shards: Path, dataset: str) -> Path:
+    return shards / dataset
+
+
+def shard_exists(shards: Path, dataset: str) -> bool:
+    """Whether a complete shard of `dataset` is in `shards` (its `shard.json` is written last)."""
+    return (shard_dir(shards, dataset) / SHARD_FILE).is_file()
+
+
+def write_shard(shards: Path, dataset: str, maps: dict[str, np.ndarray],
+                pair_maps: dict[tuple[str, str], np.ndarray], size: int,
+                pair_subjects: dict[tuple[str, str], str]) -> Path:
+    """One dataset's shard folder, replacing any previous one; either dict of maps may be empty (a text-only
+    dataset, every image skipped). `pair_subjects` gives the first subject phrase of every key of `pair_maps`."""
+    missing = [k for k in pair_maps if k not in pair_subjects]
+    if missing:
+        raise ValueError(f"saliency shard {dataset}: pair {missing[0]} has a map but no subject phrase")
+    final, tmp = shard_dir(shards, dataset), shards / f".tmp-{dataset}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    images, pairs = list(maps), list(pair_maps)
+    _write_table(tmp, "images", [p.encode() for p in images], [maps[k] for k in images], size)
+    _write_table(tmp, "pairs", [_pair_key(*k) for k in pairs], [pair_maps[k] for k in pairs], size,
+                 [pair_subjects[k] for k in pairs])
+    (tmp / SHARD_FILE).write_text(json.dumps({"map_size": size, "images": len(images), "pairs": len(pairs)}) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
 
 
 def write_subjects(path: Path, pairs: list[tuple[str, str, list[str]]]) -> None:
@@ -39,59 +99,121 @@ def write_subjects(path: Path, pairs: list[tuple[str, str, list[str]]]) -> None:
             handle.write(json.dumps({"text": text, "image_path": image, "subjects": phrases}) + "\n")
 
 
+class _Table:
+    """One table of a shard, opened on first use (again in each DataLoader worker): the sorted hashes and the
+    offsets are memory-mapped for the search; keys, maps and subjects are read row by row with os.pread, so the
+    process maps no file page it has not searched (a memory-mapped read would map its neighbours too)."""
+
+    SEARCHED = ("hash", "key_offsets")
+    READ = ("keys", "maps")
+
+    def __init__(self, folder: Path, name: str, subjects: bool = False):
+        self.folder, self.name, self.subjects = folder, name, subjects
+        self._open: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": None}
+
+    def __del__(self) -> None:
+        for fd, *_ in (self._open or {}).get("read", {}).values():
+            os.close(fd)
+
+    def _path(self, field: str) -> Path:
+        return self.folder / f"{self.name}.{field}.npy"
+
+    @property
+    def files(self) -> dict[str, Any]:
+        if self._open is None:
+            searched = self.SEARCHED + (("subject_offsets",) if self.subjects else ())
+            read = self.READ + (("subjects",) if self.subjects else ())
+            try:
+                self._open = {"searched": {f: np.load(self._path(f), mmap_mode="r") for f in searched},
+                              "read": {f: _open_rows(self._path(f)) for f in read}}
+            except (OSError, ValueError) as err:
+                raise ValueError(f"unreadable saliency shard {self.folder}: {err}") from err
+        return self._open
+
+    def _bytes(self, field: str, start: int, stop: int) -> bytes:
+        fd, offset, _ = self.files["read"][field]
+        return os.pread(fd, stop - start, offset + start)
+
+    def find(self, key: bytes, digest: np.uint64) -> int | None:
+        """Row of `key`, or None."""
+        hashes, offsets = self.files["searched"]["hash"], self.files["searched"]["key_offsets"]
+        row = int(np.searchsorted(hashes, digest))
+        while row < len(hashes) and hashes[row] == digest:
+            if self._bytes("keys", int(offsets[row]), int(offsets[row + 1])) == key:
+                return row
+            row += 1
+        return None
+
+    def map(self, row: int) -> np.ndarray:
+        _, _, shape = self.files["read"]["maps"]
+        size = shape[1] * shape[2] * 2
+        flat = np.frombuffer(self._bytes("maps", row * size, (row + 1) * size), dtype=np.float16)
+        return flat.reshape(shape[1:]).astype(np.float32)
+
+    def subject(self, row: int) -> str:
+        offsets = self.files["searched"]["subject_offsets"]
+        return self._bytes("subjects", int(offsets[row]), int(offsets[row + 1])).decode()
+
+
+def _open_rows(path: Path) -> tuple[int, int, tuple[int, ...]]:
+    """(file descriptor, byte offset of the data, shape) of a C-ordered .npy file, for os.pread."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        offset = handle.tell()
+    if fortran or dtype not in (np.dtype(np.uint8), np.dtype(np.float16)):
+        raise ValueError(f"{path}: expected a C-ordered uint8 or float16 array, got {dtype} (fortran={fortran})")
+    return os.open(path, os.O_RDONLY), offset, shape
+
+
 class SaliencyStore:
-    """Read-only access to the saliency stage's maps, by image path and, where one exists, by (text, image) pair."""
+    """Read-only access to the saliency stage's maps, by image path and, where one exists, by (text, image) pair.
+    Nothing is loaded up front: each lookup searches the shards' sorted hashes and reads the one map it returns."""
 
     def __init__(self, saliency_dir: Path):
         manifest_path = saliency_dir / "manifest.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"saliency manifest not found: {manifest_path} (run `ssame saliency`)")
         self.manifest = json.loads(manifest_path.read_text())
-        self._maps: dict[str, np.ndarray] = {}
-        self._pairs: dict[tuple[str, str], np.ndarray] = {}
-        self._subjects: dict[tuple[str, str], str] = {}
-        for shard in self.manifest["shards"]:
-            path = saliency_dir / "shards" / f"{shard}.npz"
-            if not path.is_file():
-                raise FileNotFoundError(f"saliency shard listed in {manifest_path} is missing: {path}")
-            with np.load(path) as npz:
-                self._maps.update(zip(npz["images"].tolist(), npz["maps"], strict=True))
-                keys = zip(npz["pair_texts"].tolist(), npz["pair_images"].tolist(), strict=True)
-                self._pairs.update(zip(keys, npz["pair_maps"], strict=True))
-            self._subjects.update(_read_subjects(saliency_dir / "shards" / f"{shard}.subjects.jsonl"))
+        self._images: list[_Table] = []
+        self._pairs: list[_Table] = []
+        for shard in reversed(self.manifest["shards"]):  # a later shard wins a key that two shards hold
+            folder = shard_dir(saliency_dir / "shards", shard)
+            if not (folder / SHARD_FILE).is_file():
+                raise FileNotFoundError(f"saliency shard listed in {manifest_path} is missing or incomplete: "
+                                        f"{folder} (rerun `ssame saliency`)")
+            self._images.append(_Table(folder, "images"))
+            self._pairs.append(_Table(folder, "pairs", subjects=True))
+
+    @staticmethod
+    def _find(tables: list[_Table], key: bytes) -> tuple[_Table, int] | None:
+        digest = _hash(key)
+        for table in tables:
+            if (row := table.find(key, digest)) is not None:
+                return table, row
+        return None
 
     def __contains__(self, image_path: str) -> bool:
-        return image_path in self._maps
+        return self._find(self._images, image_path.encode()) is not None
 
     def subject(self, text: str, image_path: str) -> str | None:
         """The first subject phrase of a (text, image) pair that has a fused map, else None."""
-        return self._subjects.get((text, image_path)) if (text, image_path) in self._pairs else None
+        hit = self._find(self._pairs, _pair_key(text, image_path))
+        return hit[0].subject(hit[1]) if hit else None
 
     def map(self, image_path: str, grid: tuple[int, int] | None = None, text: str | None = None) -> np.ndarray:
         """The pair's fused map if `text` names a subject, else the image's bottom-up map (float32), optionally
         area-resized to a (rows, cols) token grid."""
-        sal = self._pairs.get((text, image_path)) if text is not None else None
-        if sal is None:
-            if image_path not in self._maps:
+        hit = self._find(self._pairs, _pair_key(text, image_path)) if text is not None else None
+        if hit is None:
+            hit = self._find(self._images, image_path.encode())
+            if hit is None:
                 raise KeyError(f"no saliency map for image '{image_path}' in the saliency stage's shards")
-            sal = self._maps[image_path]
-        sal = sal.astype(np.float32)
+        sal = hit[0].map(hit[1])
         if grid is not None:
             sal = cv2.resize(sal, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
         return sal
-
-
-def _read_subjects(path: Path) -> dict[tuple[str, str], str]:
-    """(text, image path) -> first subject phrase, for the pairs of a `<dataset>.subjects.jsonl` that name one."""
-    if not path.is_file():
-        raise FileNotFoundError(f"saliency subjects file is missing: {path}")
-    out: dict[tuple[str, str], str] = {}
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                row = json.loads(line)
-                if row["subjects"]:
-                    out[(row["text"], row["image_path"])] = row["subjects"][0]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: not a subjects record ({err})") from err
-    return out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 _PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
 _WORD = re.compile(r"[a-z]+")
@@ -49,18 +51,13 @@ class _PerText:
         return [self.backend(text) for text in texts]
 
 
-def build_subjects(cfg: dict, data_dir: Path):
+def build_subjects(cfg: Mapping[str, Any], data_dir: Path) -> Callable[[list[str]], list[list[str]]]:
     """The subject backend of params `saliency.subjects`: a callable texts -> phrase lists."""
     if cfg["backend"] == "lexicon":
         return _PerText(LexiconSubjects(data_dir / "lexicon.json"))
-    if cfg["backend"] == "lmm":
-        from ssame.saliency.lmm_subjects import LMMSubjects
+    from ssame.saliency.lmm_subjects import LMMSubjects
 
-        if "model" not in cfg:
-            raise KeyError("saliency.subjects.backend 'lmm' needs saliency.subjects.model")
-        model = LMMSubjects(cfg["model"], max_new_tokens=cfg.get("max_new_tokens", 24),
-                            batch_size=cfg.get("batch_size", 8), device=cfg.get("device", "cpu"),
-                            dtype=cfg.get("dtype", "float32"))
-        # Phrases are read from the text alone: one call per unique text, reused for every image it pairs with.
-        return lambda texts: model([(text, None) for text in texts])
-    raise ValueError(f"unknown saliency.subjects.backend '{cfg['backend']}' (lexicon | lmm)")
+    model = LMMSubjects(cfg["model"], revision=cfg["revision"], max_new_tokens=cfg["max_new_tokens"],
+                        batch_size=cfg["batch_size"], device=cfg["device"], dtype=cfg["dtype"])
+    # Phrases are read from the text alone: one call per unique text, reused for every image it pairs with.
+    return lambda texts: model([(text, None) for text in texts])

@@ -1,18 +1,58 @@
 """Periodic accelerate state checkpoints, outside Snakemake's declared outputs, written atomically.
 
-`<results>/checkpoints/<variant>/seed<seed>/step<N>/` holds `accelerator.save_state` (model, optimizer, scheduler,
-every process's RNG) plus `trainer.json` (step, loss history, MLflow run id). Only the newest is kept; a killed run
-leaves at worst a `.tmp-*` folder, which is ignored and replaced.
+`<results>/checkpoints/<variant>/seed<seed>/step<N>/` holds `accelerator.save_state` (model, optimizer, the LR
+schedule, every process's RNG) plus `trainer.json` (step, loss history, MLflow run id, and the params that shaped
+the run with their fingerprint). Only the newest is kept; a killed run leaves at worst a `.tmp-*` folder, which is
+ignored and replaced. A checkpoint is resumed only under the params it was written with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ssame.config import variant_uses_saliency
+
 TRAINER_FILE = "trainer.json"
+# train keys that change where or how a run is scheduled, logged or checkpointed, never what it computes
+RUN_ONLY_KEYS = ("variants", "seeds", "checkpoint_every", "num_workers")
+
+
+def params_record(params: Mapping[str, Any], variant_name: str, seed: int) -> dict[str, Any]:
+    """What shapes a training run: the data, model and train sections (less RUN_ONLY_KEYS), the variant, the seed,
+    and the saliency section when the variant reads the saliency maps. JSON-ready."""
+    record = json.loads(json.dumps({
+        "data": params["data"], "model": params["model"],
+        "train": {k: v for k, v in params["train"].items() if k not in RUN_ONLY_KEYS},
+        "variant": {variant_name: params["variants"][variant_name]}, "seed": seed}, default=_plain))
+    if variant_uses_saliency(params["variants"][variant_name]):
+        record["saliency"] = json.loads(json.dumps(params["saliency"], default=_plain))
+    return record
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON-serialisable: {value!r}")
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """`key: saved -> current` for every leaf that differs (dotted keys)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [line for key in sorted(set(saved) | set(current), key=str)
+                for line in differences(saved.get(key, "<absent>"), current.get(key, "<absent>"),
+                                        f"{prefix}{key}.")]
+    if saved == current:
+        return []
+    return [f"{prefix.rstrip('.')}: {json.dumps(saved)[:80]} in the checkpoint, {json.dumps(current)[:80]} now"]
 
 
 def latest(directory: Path) -> Path | None:
@@ -21,8 +61,9 @@ def latest(directory: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.removeprefix("step")), default=None)
 
 
-def save(accelerator, directory: Path, step: int, trainer: dict[str, Any]) -> Path:
-    """Save the full training state at `step` (all processes call this) and drop older checkpoints."""
+def save(accelerator, directory: Path, step: int, trainer: dict[str, Any], params: dict[str, Any]) -> Path:
+    """Save the full training state at `step` (all processes call this), the trainer record and the run's
+    `params_record` with its fingerprint, and drop older checkpoints."""
     tmp = directory / f".tmp-step{step}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
@@ -31,7 +72,8 @@ def save(accelerator, directory: Path, step: int, trainer: dict[str, Any]) -> Pa
     accelerator.wait_for_everyone()
     final = directory / f"step{step}"
     if accelerator.is_main_process:
-        (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **trainer}) + "\n")
+        record = {"step": step, **trainer, "fingerprint": fingerprint(params), "params": params}
+        (tmp / TRAINER_FILE).write_text(json.dumps(record) + "\n")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)  # atomic on one filesystem: a checkpoint is complete or absent
@@ -42,12 +84,26 @@ def save(accelerator, directory: Path, step: int, trainer: dict[str, Any]) -> Pa
     return final
 
 
-def load(accelerator, checkpoint: Path) -> dict[str, Any]:
-    """Restore the training state saved in `checkpoint`; return its trainer record (step, history, run id)."""
+def read(checkpoint: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The trainer record (step, history, run id) of `checkpoint`, if it was written under `params` (a
+    `params_record`); else a ValueError naming the checkpoint and every difference. Call it before building the
+    model, then `restore`."""
     record_path = checkpoint / TRAINER_FILE
     try:
         record = json.loads(record_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"unreadable checkpoint record {record_path}: {err}") from err
-    accelerator.load_state(str(checkpoint))
+    advice = f"delete {checkpoint.parent} to train from scratch, or rerun with the checkpoint's params"
+    if "params" not in record:
+        raise ValueError(f"checkpoint {checkpoint} records no params fingerprint (written by an older ssame); "
+                         f"{advice}")
+    if record["fingerprint"] != fingerprint(params):
+        changed = differences(record["params"], params) or ["(fingerprint only)"]
+        raise ValueError(f"checkpoint {checkpoint} was written under other params; refusing to resume. Differences: "
+                         + "; ".join(changed) + f". {advice}")
     return record
+
+
+def restore(accelerator, checkpoint: Path) -> None:
+    """Load model, optimizer, LR schedule and RNG states saved in `checkpoint` (all processes call this)."""
+    accelerator.load_state(str(checkpoint))

@@ -1,9 +1,10 @@
 """The loss of one global batch and its backward pass: full batch, or GradCache in chunks of equal gradient.
 
-Every process sees the whole global batch (a DataFrame) and encodes its own contiguous slice. Batch-coupled terms
-(InfoNCE, subject alignment) are computed on representations gathered from every process, with the gradient kept
-on the local slice and the loss scaled by the world size, so DDP's gradient averaging yields exactly the
-single-process gradient. Per-image terms (attention KL) are sums normalised by the global image count.
+Every process encodes its own contiguous slice of the global batch, prepared on the CPU by `data.Preparer`
+(usually in DataLoader workers, `data.StepDataset`). Batch-coupled terms (InfoNCE, subject alignment) are computed
+on representations gathered from every process, with the gradient kept on the local slice and the loss scaled by
+the world size, so DDP's gradient averaging yields exactly the single-process gradient. Per-image terms (attention
+KL) are sums normalised by the global image count.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ssame.losses import (
 )
 from ssame.model import Embedder, InputBuilder
 from ssame.saliency.store import SaliencyStore
+from ssame.train.data import PreparedChunk, Preparer, StepBatch
 
 REPS = ("query", "pos", "neg", "region", "phrase")
 
@@ -61,55 +63,36 @@ class Objective:
 
     def __init__(self, embedder: Embedder, build: InputBuilder, store: SaliencyStore | None,
                  variant: dict[str, Any], train_cfg: dict[str, Any], accelerator):
-        self.embedder, self.build, self.store, self.accelerator = embedder, build, store, accelerator
+        self.embedder, self.accelerator = embedder, accelerator
         self.temperature = float(train_cfg["temperature"])
-        self.hard_negatives = bool(train_cfg.get("hard_negatives", False))
-        self.chunk = train_cfg.get("grad_cache_chunk_size")
+        self.chunk = train_cfg["grad_cache_chunk_size"]
         self.attn_weight = float(variant["attn_loss_weight"])
-        self.subject_weight = float(variant.get("subject_loss_weight", 0.0))
+        self.subject_weight = float(variant["subject_loss_weight"])
         if (self.attn_weight > 0 or self.subject_weight > 0) and store is None:
             raise ValueError("the attention and subject objectives need the saliency stage's maps")
+        self.preparer = Preparer(build, store, bool(train_cfg["hard_negatives"]), self.subject_weight > 0)
 
-    # ---- training rows -> annotated rows ------------------------------------------------------------------
+    @property
+    def build(self) -> InputBuilder:
+        return self.preparer.build
+
     def annotate(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Add the ids and subject phrases the loss needs (deterministic, so identical on every process). Call it
-        once on the whole training table; `backward` annotates a batch itself only if that was not done."""
-        rows = batch.reset_index(drop=True).copy()
-        keys = pd.concat([rows["pos_text"] + "\x00" + rows["pos_image_path"],
-                          rows["neg_text"] + "\x00" + rows["neg_image_path"]], ignore_index=True)
-        codes = pd.factorize(keys)[0]
-        rows["pos_id"], rows["neg_id"] = codes[:len(rows)], codes[len(rows):]
-        rows["has_neg"] = self.hard_negatives & ((rows["neg_text"] != "") | (rows["neg_image_path"] != ""))
-        for side, text, image in (("qry", "qry", "qry_image_path"), ("pos", "pos_text", "pos_image_path")):
-            if self.subject_weight > 0:
-                rows[f"{side}_subject"] = [self.store.subject(t, i) or "" if i else ""
-                                           for t, i in zip(rows[text], rows[image], strict=True)]
-            else:
-                rows[f"{side}_subject"] = ""
-        phrases = pd.concat([rows["qry_subject"], rows["pos_subject"]], ignore_index=True)
-        codes = pd.factorize(phrases)[0]
-        rows["qry_subject_id"], rows["pos_subject_id"] = codes[:len(rows)], codes[len(rows):]
-        return rows
+        """Ids and subject phrases of a batch (`Preparer.annotate`)."""
+        return self.preparer.annotate(batch)
 
-    def attention_images(self, rows: pd.DataFrame) -> int:
-        """Images whose pooled-token attention is supervised (query and positive side)."""
-        return int((rows["qry_image_path"] != "").sum() + (rows["pos_image_path"] != "").sum())
+    def prepare(self, global_batch: pd.DataFrame) -> StepBatch:
+        """This process's prepared share of a global batch (what `data.StepDataset` yields)."""
+        acc = self.accelerator
+        return self.preparer.step(global_batch, acc.num_processes, acc.process_index, self.chunk)
 
     # ---- encoding ------------------------------------------------------------------------------------------
-    def encode(self, rows: pd.DataFrame, with_attention: bool) -> ChunkOut:
-        """Representations of `rows` (a chunk of this process's slice): queries, positives, hard negatives and
+    def encode(self, chunk: PreparedChunk, with_attention: bool) -> ChunkOut:
+        """Representations of a prepared chunk of this process's slice: queries, positives, hard negatives and
         subject phrases, in one embedder call (DDP requires one forward per backward)."""
-        device, c = self.accelerator.device, len(rows)
+        device = self.accelerator.device
+        chunk = chunk.to(device)
         need_attn = with_attention and self.attn_weight > 0
-        negs = rows[rows["has_neg"]]
-        subjects = {side: rows[f"{side}_subject"].tolist() for side in ("qry", "pos")}
-        subject_ids = {side: rows[f"{side}_subject_id"].tolist() for side in ("qry", "pos")}
-        subj = [(side, r) for side in ("qry", "pos") for r in range(c) if subjects[side][r]]
-        groups = {"query": (rows["qry"], rows["qry_image_path"]), "pos": (rows["pos_text"], rows["pos_image_path"]),
-                  "neg": (negs["neg_text"], negs["neg_image_path"]),
-                  "phrase": ([subjects[side][r] for side, r in subj], [""] * len(subj))}
-        groups = {k: v for k, v in groups.items() if len(v[0])}
-        batches = {k: self.build(list(texts), list(images), self.store) for k, (texts, images) in groups.items()}
+        batches = chunk.batches
         outs = dict(zip(batches, self.embedder(list(batches.values()), with_attention=need_attn,
                                                with_hidden=self.subject_weight > 0), strict=True))
         empty = outs["query"].embeddings.new_zeros((0, outs["query"].embeddings.shape[1]))
@@ -122,17 +105,10 @@ class Objective:
             kl_sum = saliency_attention_kl(attention, saliency["query"] + saliency["pos"], reduction="sum")
             extras = {"mass_sum": torch.stack([a.detach().sum() for a in attention]).sum().item(),
                       "mass_count": float(len(attention))}
-        regions = []
-        for side, r in subj:
-            key = "query" if side == "qry" else "pos"
-            i = batches[key].image_rows.index(r)
-            regions.append(F.normalize(saliency_pool(outs[key].visual_hidden[i], saliency[key][i]).float(), dim=-1))
+        regions = [F.normalize(saliency_pool(outs[group].visual_hidden[i], saliency[group][i]).float(), dim=-1)
+                   for group, i in chunk.regions]
         reps["region"] = torch.stack(regions) if regions else empty
-        ids = {"pos": torch.tensor(rows["pos_id"].tolist(), dtype=torch.long, device=device),
-               "neg": torch.tensor(negs["neg_id"].tolist(), dtype=torch.long, device=device),
-               "region": torch.tensor([int(subject_ids[side][r]) for side, r in subj],
-                                      dtype=torch.long, device=device)}
-        return ChunkOut(reps, ids, kl_sum, extras)
+        return ChunkOut(reps, chunk.ids, kl_sum, extras)
 
     # ---- loss over gathered representations ----------------------------------------------------------------
     def batch_terms(self, reps: dict[str, torch.Tensor], ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -150,28 +126,23 @@ class Objective:
         return terms["loss_nce"] + self.subject_weight * terms.get("loss_subject", 0.0)
 
     # ---- forward + backward of one global batch ------------------------------------------------------------
-    def backward(self, global_batch: pd.DataFrame) -> dict[str, float]:
-        """Accumulate the gradient of the global batch's loss into the model; return the loss terms."""
-        acc = self.accelerator
-        world, rank = acc.num_processes, acc.process_index
-        rows = global_batch if "pos_id" in global_batch else self.annotate(global_batch)
-        if len(rows) % world:
-            raise ValueError(f"global batch of {len(rows)} rows is not divisible by {world} processes")
-        local = len(rows) // world
-        mine = rows.iloc[rank * local:(rank + 1) * local]
-        n_images = max(self.attention_images(rows), 1)
-        if not self.chunk or self.chunk >= local:
-            out = self.encode(mine, with_attention=True)
+    def backward(self, batch: pd.DataFrame | StepBatch) -> dict[str, float]:
+        """Accumulate the gradient of the global batch's loss into the model; return the loss terms. `batch` is
+        the global batch (prepared here) or this process's `StepBatch` of it."""
+        step = self.prepare(batch) if isinstance(batch, pd.DataFrame) else batch
+        if not step.grad_cache:
+            out = self.encode(step.chunks[0], with_attention=True)
             terms = self.batch_terms(out.reps, out.ids)
-            acc.backward(world * (self._weighted(terms) + self.attn_weight * out.attn_sum / n_images))
-            return self._report(terms, out.attn_sum, n_images, [out])
-        return self._grad_cache(mine, n_images)
+            world = self.accelerator.num_processes
+            self.accelerator.backward(
+                world * (self._weighted(terms) + self.attn_weight * out.attn_sum / step.n_images))
+            return self._report(terms, out.attn_sum, step.n_images, [out])
+        return self._grad_cache(step.chunks, step.n_images)
 
-    def _grad_cache(self, mine: pd.DataFrame, n_images: int) -> dict[str, float]:
+    def _grad_cache(self, chunks: list[PreparedChunk], n_images: int) -> dict[str, float]:
         """GradCache (Gao et al. 2021): representations without graph, loss gradient w.r.t. them, then a chunk-wise
         re-encode with the RNG replayed, backpropagating rep · grad. Gradients equal the full-batch ones."""
         acc, world = self.accelerator, self.accelerator.num_processes
-        chunks = [mine.iloc[s:s + self.chunk] for s in range(0, len(mine), self.chunk)]
         states, outs = [], []
         with torch.no_grad():
             for chunk in chunks:

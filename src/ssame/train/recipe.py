@@ -1,7 +1,10 @@
 """The training recipe: one readable loop over the SSA-ME objective (`objective.py`) under accelerate.
 
 Launch: `accelerate launch --config_file params/accelerate/<cfg>.yaml -m ssame train --params P --variant V --seed S`.
-Resumes from the newest checkpoint of (variant, seed) if one exists (`checkpoint.py`).
+Batches come from a DataLoader (`data.py`); resumes from the newest checkpoint of (variant, seed) if one exists and
+was written under the same params (`checkpoint.py`). The LR schedule steps once per optimizer step on every process
+(it is not handed to `accelerator.prepare`, whose wrapper steps it once per process; it is checkpointed through
+`register_for_checkpointing`). Gradients are clipped at `train.max_grad_norm` (`clip.py`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_linear_schedule_with_warmup
 
-from ssame.config import Paths, variant_uses_saliency
+from ssame.config import Paths, as_params, variant_uses_saliency
 from ssame.data.io import image_root
 from ssame.model import Embedder, InputBuilder, load_backbone
+from ssame.model.backbone import square_side
 from ssame.model.embedder import CONFIG_FILE
 from ssame.saliency.store import SaliencyStore
 from ssame.tracking import StepLogger, mlflow_run
 from ssame.train import checkpoint
-from ssame.train.batches import batch_indices, training_rows
+from ssame.train.batches import training_rows
+from ssame.train.clip import check_deepspeed_clipping, clip_gradients
+from ssame.train.data import BatchOrder, StepDataset, step_loader
 from ssame.train.objective import Objective
 
 LOG_EVERY = 10  # MLflow writes per-step metrics in batches of this many steps
@@ -47,17 +53,21 @@ def make_accelerator() -> Accelerator:
 
 
 def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accelerator):
-    """(embedder, objective, optimizer, scheduler, tokenizer, image processor), prepared by `accelerator`."""
+    """(embedder, objective, optimizer, scheduler, tokenizer, image processor): model and optimizer prepared by
+    `accelerator`, the LR schedule registered for its checkpoints (stepped by the caller, once per step)."""
+    params = as_params(params)
     paths, cfg = Paths.from_params(params), params["train"]
     variant = params["variants"][variant_name]
     backbone, tokenizer, image_processor = load_backbone(params, paths.data)
-    embedder = Embedder(backbone, variant, lora=params["model"].get("lora"))
+    embedder = Embedder(backbone, variant, lora=params["model"]["lora"], mrope=params["model"]["mrope"])
     store = SaliencyStore(paths.saliency) if variant_uses_saliency(variant) else None
-    build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"], cache_images=True)
+    build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"],
+                         image_side=square_side(params["model"]))
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
-    embedder, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
+    embedder, optimizer = accelerator.prepare(embedder, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     objective = Objective(embedder, build, store, variant, cfg, accelerator)
     return embedder, objective, optimizer, scheduler, tokenizer, image_processor
 
@@ -65,9 +75,11 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
 def export_state(params: dict[str, Any], variant_name: str, state: dict[str, torch.Tensor], model_dir: Path) -> None:
     """Write a model folder from a full state dict (gathered from FSDP shards): rebuild the embedder on CPU, load
     the state, save (merging LoRA). Main process only."""
+    params = as_params(params)
     paths = Paths.from_params(params)
     backbone, tokenizer, image_processor = load_backbone(params, paths.data)
-    embedder = Embedder(backbone, params["variants"][variant_name], lora=params["model"].get("lora"))
+    embedder = Embedder(backbone, params["variants"][variant_name], lora=params["model"]["lora"],
+                        mrope=params["model"]["mrope"])
     embedder.load_state_dict(state)
     embedder.save(model_dir, tokenizer, image_processor)
 
@@ -83,46 +95,66 @@ def save_model(params: dict[str, Any], variant_name: str, accelerator: Accelerat
         accelerator.unwrap_model(embedder).save(model_dir, tokenizer, image_processor)
 
 
-def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, float]:
-    """Train one (variant, seed); write the model folder and metrics.json; return the metrics."""
-    paths, cfg = Paths.from_params(params), params["train"]
-    set_seed(seed)
-    accelerator = make_accelerator()
-    if cfg.get("grad_cache_chunk_size") and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("train.grad_cache_chunk_size: GradCache needs several backward passes per optimizer step, "
-                         "but accelerate steps a DeepSpeed engine on every backward; use the DDP or FSDP config")
+def check_distribution(cfg, accelerator: Accelerator) -> None:
+    """Refuse settings the launch cannot honour (GradCache or mismatched clipping under DeepSpeed, an uneven batch)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if cfg["grad_cache_chunk_size"]:
+            raise ValueError("train.grad_cache_chunk_size: GradCache needs several backward passes per optimizer "
+                             "step, but accelerate steps a DeepSpeed engine on every backward; use the DDP or FSDP "
+                             "config")
+        plugin = accelerator.state.deepspeed_plugin
+        check_deepspeed_clipping(cfg["max_grad_norm"], plugin.deepspeed_config.get("gradient_clipping"),
+                                 f"the accelerate launch config; params name {cfg['accelerate_config']}")
     if cfg["batch_size"] % accelerator.num_processes:
         raise ValueError(f"train.batch_size {cfg['batch_size']} is not divisible by "
                          f"{accelerator.num_processes} processes")
+
+
+def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, float]:
+    """Train one (variant, seed); write the model folder and metrics.json; return the metrics."""
+    params = as_params(params)
+    paths, cfg = Paths.from_params(params), params["train"]
+    set_seed(seed)
+    accelerator = make_accelerator()
+    check_distribution(cfg, accelerator)
+    accelerator.print(f"train {variant_name}/seed{seed}: processes: {accelerator.num_processes}, "
+                      f"distributed: {accelerator.distributed_type.value}, device: {accelerator.device}, "
+                      f"data workers per process: {cfg['num_workers']}")
+    ckpt_dir, every = paths.checkpoints(variant_name, seed), cfg["checkpoint_every"] or 0
+    shaped_by = checkpoint.params_record(params, variant_name, seed)
+    last = checkpoint.latest(ckpt_dir) if every else None
+    resumed = checkpoint.read(last, shaped_by) if last else None  # other params: refused before any work
     embedder, objective, optimizer, scheduler, tokenizer, image_processor = build_trainer(
         params, variant_name, accelerator)
-    rows = objective.annotate(training_rows(paths.data))
-    batches = batch_indices(len(rows), cfg["batch_size"], seed)
-    ckpt_dir, every = paths.checkpoints(variant_name, seed), cfg.get("checkpoint_every") or 0
     history: list[dict[str, float]] = []
     start_step, run_id, elapsed = 0, None, 0.0
-    if every and (last := checkpoint.latest(ckpt_dir)) is not None:
-        record = checkpoint.load(accelerator, last)
-        start_step, history, run_id, elapsed = record["step"], record["history"], record["run_id"], record["seconds"]
+    if resumed:
+        checkpoint.restore(accelerator, last)
+        start_step, history, run_id, elapsed = (resumed["step"], resumed["history"], resumed["run_id"],
+                                                resumed["seconds"])
         accelerator.print(f"resumed {variant_name}/seed{seed} from {last} (step {start_step})")
-    for _ in range(start_step):  # the batch stream is a pure function of the seed: replay it
-        next(batches)
+    rows = objective.annotate(training_rows(paths.data))  # once: 5 ms/step less than per batch (default profile)
+    steps = StepDataset(rows, BatchOrder(len(rows), cfg["batch_size"], seed), objective.preparer,
+                        accelerator.num_processes, accelerator.process_index, cfg["grad_cache_chunk_size"],
+                        cfg["steps"])
+    loader = step_loader(steps, start_step, cfg["num_workers"], accelerator.device.type == "cuda")
     run_name = f"train/{variant_name}/seed{seed}"
     tags = {"stage": "train", "variant": variant_name, "seed": str(seed)}
     main = accelerator.is_main_process
     with mlflow_run(params, run_name, tags, run_id=run_id) if main else nullcontext() as mlflow:
         logger = StepLogger(mlflow) if main else None
-        begin = time.perf_counter() - elapsed
-        for step in range(start_step + 1, cfg["steps"] + 1):
-            tick = time.perf_counter()
-            record = objective.backward(rows.iloc[next(batches)])
+        begin, tick = time.perf_counter() - elapsed, time.perf_counter()
+        for step, batch in enumerate(loader, start_step + 1):
+            lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
+            record = objective.backward(batch)
+            grad_norm = clip_gradients(accelerator, embedder, cfg["max_grad_norm"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            seconds = time.perf_counter() - tick
+            seconds, tick = time.perf_counter() - tick, time.perf_counter()  # data wait included
             history.append(record)
             if logger:
-                logger.log({**record, "lr": scheduler.get_last_lr()[0],
+                logger.log({**record, "lr": lr, "grad_norm": grad_norm,
                             "samples_per_second": cfg["batch_size"] / seconds,
                             "peak_memory_mib": peak_memory_mib(accelerator.device)}, step)
                 if step % LOG_EVERY == 0:
@@ -132,7 +164,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
                     logger.flush()
                 checkpoint.save(accelerator, ckpt_dir, step, {
                     "history": history, "run_id": mlflow.active_run().info.run_id if main else None,
-                    "seconds": time.perf_counter() - begin})
+                    "seconds": time.perf_counter() - begin}, shaped_by)
         seconds = time.perf_counter() - begin
         tail = history[-LOG_EVERY:]
         metrics = {key: sum(r[key] for r in tail) / len(tail) for key in tail[0]}
@@ -150,4 +182,3 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete: its checkpoints are dead weight
     accelerator.wait_for_everyone()
     return metrics
-
