@@ -1,6 +1,7 @@
 # SSA-ME reproduction: params -> data -> saliency -> train -> evaluate -> report.
 #   snakemake --cores all                                        (embedded offline default)
 #   snakemake --cores all --config params=params/paper.yaml       (paper profile)
+#   snakemake --cores all --config params=params/rehearsal.yaml   (the paper profile rehearsed on a CPU)
 # Every rule is a thin `ssame <stage>` call; all logic lives in src/ssame.
 from snakemake.utils import min_version
 

@@ -55,8 +55,8 @@ class Embedder(nn.Module):
         self.backbone = backbone
         self.variant = as_variant(variant)
         hidden = self.qwen.config.text_config.hidden_size
-        self.regen = FeatureRegenerator(hidden) if variant["feature_regen"] else None
-        self.attn_layers: list[int] = list(variant["attn_layers"])
+        self.regen = FeatureRegenerator(hidden) if self.variant["feature_regen"] else None
+        self.attn_layers: list[int] = list(self.variant["attn_layers"])
 
     @property
     def qwen(self) -> Qwen2VLForConditionalGeneration:
