@@ -29,43 +29,23 @@ REPO = Path(__file__).resolve().parents[1]
 QWEN2_VL_2B = {
     "text": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
              "num_key_value_heads": 2, "max_position_embeddings": 32768, "vocab_size": 151936,
-             "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+             "rms_norm_eps": 1e-6,
              "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0}},
     "vision": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4, "patch_size": 14,
-               "spatial_merge_size": 2, "temporal_patch_size": 2, "hidden_size": 1536},
+               "spatial_merge_size": 2, "temporal_patch_size": 2},
 }
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0}  # dense, SXM where applicable
 IMAGES = 64  # distinct synthetic images (the preprocessing cost per image is that of any photo at 1344²)
 
 
 def write_backbone(folder: Path, smoke: bool) -> None:
-    """The backbone folder the paper path loads: published (or, with smoke, the rehearsal's tiny) Qwen2-VL config,
-    random init in bf16, the rehearsal tokenizer (same special tokens) and a Qwen2-VL image processor."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    """The backbone folder the paper path loads: the published (or, with smoke, the rehearsal's tiny) Qwen2-VL-2B
+    config, random init in bf16, written by the rehearsal's own model writer (tokenizer, image processor)."""
+    from ssame.rehearsal.models import write_qwen2_vl
 
-    from ssame.rehearsal.models import QWEN_TEXT, QWEN_VISION, qwen_tokenizer
-
-    tokenizer = qwen_tokenizer()
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in [
-        ("image", "<|image_pad|>"), ("video", "<|video_pad|>"), ("start", "<|vision_start|>"),
-        ("end", "<|vision_end|>")]}
-    if smoke:
-        text = {**QWEN_TEXT, "vocab_size": len(tokenizer)}
-        vision = {**QWEN_VISION, "hidden_size": QWEN_TEXT["hidden_size"]}
-    else:
-        text, vision = QWEN2_VL_2B["text"], QWEN2_VL_2B["vision"]
-    pad = tokenizer.pad_token_id
-    config = Qwen2VLConfig(text_config={**text, "bos_token_id": pad, "eos_token_id": pad, "pad_token_id": pad},
-                           vision_config=vision, image_token_id=ids["image"], video_token_id=ids["video"],
-                           vision_start_token_id=ids["start"], vision_end_token_id=ids["end"])
-    with torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu"):
-        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(patch_size=vision["patch_size"], merge_size=vision["spatial_merge_size"],
-                             temporal_patch_size=vision["temporal_patch_size"]).save_pretrained(folder)
-    del model
+    dims = {} if smoke else {"text": QWEN2_VL_2B["text"], "vision": QWEN2_VL_2B["vision"]}
+    write_qwen2_vl(folder, seed=0, tie_word_embeddings=True, device="cpu" if smoke else "cuda", dtype=torch.bfloat16,
+                   **dims)
 
 
 def write_rows(params: dict, rows: int) -> None:
@@ -116,8 +96,8 @@ def measure(params: dict, variant: str, steps: int) -> dict[str, float]:
     from accelerate.utils import set_seed
 
     from ssame.config import Paths
-    from ssame.train.batches import training_rows
-    from ssame.train.data import BatchOrder, StepDataset, step_loader
+    from ssame.train.batches import BatchOrder, training_rows
+    from ssame.train.data import StepDataset, step_loader
     from ssame.train.recipe import build_trainer, make_accelerator
 
     set_seed(0)

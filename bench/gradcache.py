@@ -23,7 +23,7 @@ def run_one(params_path: str, variant: str, batch: int, chunk: int | None, rows:
     from accelerate.utils import set_seed
 
     from ssame.config import Paths, load_params
-    from ssame.train.batches import batch_indices, training_rows
+    from ssame.train.batches import BatchOrder, training_rows
     from ssame.train.recipe import build_trainer, make_accelerator
 
     torch.set_num_threads(1)
@@ -32,12 +32,12 @@ def run_one(params_path: str, variant: str, batch: int, chunk: int | None, rows:
     set_seed(0)
     _, objective, optimizer, _, _, _ = build_trainer(params, variant, make_accelerator())
     data = training_rows(Paths.from_params(params).data)
-    batches = batch_indices(len(data), batch, 0)
+    order = BatchOrder(len(data), batch, 0)
     setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     steps = max(rows // batch, 1)
     start = time.perf_counter()
-    for _ in range(steps):
-        objective.backward(data.iloc[next(batches)])
+    for step in range(steps):
+        objective.backward(data.iloc[order[step]])
         optimizer.step()
         optimizer.zero_grad()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

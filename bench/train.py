@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ssame.config import Paths, load_params
 from ssame.losses import info_nce
-from ssame.train.batches import batch_indices, training_rows
+from ssame.train.batches import BatchOrder, training_rows
 from ssame.train.recipe import build_trainer, make_accelerator
 
 
@@ -51,20 +51,20 @@ class _Contrastive(nn.Module):
 
 
 def _stream(records: list[dict], batch_size: int, steps: int) -> list[dict]:
-    """Training records in the order of our loop's batch stream (`batch_indices`), `steps` batches long."""
-    batches = batch_indices(len(records), batch_size, 0)
-    return [records[i] for _ in range(steps) for i in next(batches)]
+    """Training records in the order of our loop's batch stream (`BatchOrder`), `steps` batches long."""
+    order = BatchOrder(len(records), batch_size, 0)
+    return [records[i] for k in range(steps) for i in order[k]]
 
 
 def ours(params: dict, steps: int, warmup: int) -> float:
     set_seed(0)
     _, objective, optimizer, scheduler, _, _ = build_trainer(params, "baseline", make_accelerator())
     rows = objective.annotate(training_rows(Paths.from_params(params).data))
-    batches = batch_indices(len(rows), params["train"]["batch_size"], 0)
+    order = BatchOrder(len(rows), params["train"]["batch_size"], 0)
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        objective.backward(rows.iloc[next(batches)])
+        objective.backward(rows.iloc[order[step]])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

@@ -105,7 +105,7 @@ def test_missing_image_names_dataset_row_and_column(tmp_path):
     frame = pd.DataFrame({"qry_text": ["q", "q"], "qry_img_path": ["x.png", "x.png"],
                           "tgt_text": [["a", "b"], ["a", "b"]], "tgt_img_path": [["", ""], ["", "gone.png"]]})
     with pytest.raises(io.DataFormatError, match=r"dataset Bad: row 1 column 'tgt_img_path' image 'gone\.png'"):
-        ev.check_images(frame, tmp_path / "images", "Bad")
+        io.check_images(tmp_path, "dataset Bad", frame, io.EVAL_IMAGE_COLUMNS)
 
 
 # --- the stage on a trained tiny model -----------------------------------------------------------------------------

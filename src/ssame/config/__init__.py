@@ -96,11 +96,10 @@ class Params(Frozen):
 
     __slots__ = ()
 
-    def fingerprint(self, *sections: str) -> str:
-        """sha256 of the named top-level sections (all when none), canonical JSON."""
-        data = self.to_dict()
-        chosen = {k: data[k] for k in (sections or sorted(data))}
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+def fingerprint(data: Mapping[str, Any]) -> str:
+    """sha256 of params (or any part of them) as canonical JSON: equal exactly when the values are equal."""
+    return hashlib.sha256(json.dumps(_thaw(data), sort_keys=True).encode()).hexdigest()
 
 
 def _freeze(value: Any) -> Any:

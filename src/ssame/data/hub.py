@@ -70,7 +70,7 @@ class Repo:
 
 
 def _train(repo: Repo, cfg: Mapping[str, Any], config: str, name: str, image_dir: Path) -> tuple[pd.DataFrame,
-                                                                                                 list[images.Ref]]:
+                                                                                                 list[io.Ref]]:
     """The first rows of one MMEB-train config and its image references (images extracted under `image_dir`)."""
     df, source = repo.read_split(config, cfg["train_subset"])
     df = df.head(cfg["max_train_rows_per_dataset"])
@@ -78,12 +78,12 @@ def _train(repo: Repo, cfg: Mapping[str, Any], config: str, name: str, image_dir
         if col not in df.columns:
             df[col] = ""
     df = io.validate_train(df.map(lambda v: "" if v is None else v), source)
-    refs = images.references(df, io.TRAIN_IMAGE_COLUMNS, f"{name} ({source})")
+    refs = io.references(df, io.TRAIN_IMAGE_COLUMNS, f"{name} ({source})")
     images.extract(repo.fetch(f"images_zip/{config}.zip"), refs, image_dir)
     return df, refs
 
 
-def _eval(repo: Repo, name: str, num_candidates: int) -> tuple[pd.DataFrame, dict[str, int], list[images.Ref]]:
+def _eval(repo: Repo, name: str, num_candidates: int) -> tuple[pd.DataFrame, dict[str, int], list[io.Ref]]:
     """One MMEB-eval dataset, its counted VLM2Vec-accepted oddities and its image references."""
     df, source = repo.read_split(name, "test")
     df = io.validate_eval(df, source)
@@ -94,7 +94,7 @@ def _eval(repo: Repo, name: str, num_candidates: int) -> tuple[pd.DataFrame, dic
     if checks["candidate_count_mismatch_rows"]:
         log.warning("%s: %d row(s) do not have the %d candidates %s lists; kept, as in VLM2Vec", source,
                     checks["candidate_count_mismatch_rows"], num_candidates, RESOURCE.name)
-    return df, checks, images.references(df, io.EVAL_IMAGE_COLUMNS, f"{name} ({source})")
+    return df, checks, io.references(df, io.EVAL_IMAGE_COLUMNS, f"{name} ({source})")
 
 
 def _prefixed(df: pd.DataFrame, columns: tuple[str, ...], prefix: str) -> pd.DataFrame:

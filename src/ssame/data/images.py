@@ -16,34 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
 from PIL import Image
 
-from .io import DataFormatError
+from .io import DataFormatError, Ref
 
 DECODE_CHUNK = 256  # images per task of the decoding pool
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """One image path in one cell of a parquet; `where` names the dataset (and file) in messages."""
-
-    where: str
-    row: int
-    column: str
-    path: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: row {self.row} column {self.column!r} image {self.path!r}"
-
-
-def references(df: pd.DataFrame, columns: Iterable[str], where: str) -> list[Ref]:
-    """Every non-empty image path of `columns` (str or list-of-str cells), in row order."""
-    refs = []
-    for col in columns:
-        for row, value in enumerate(df[col]):
-            refs += [Ref(where, row, col, p) for p in ([value] if isinstance(value, str) else value) if p]
-    return sorted(refs, key=lambda r: r.row)
 
 
 def _unsafe(path: str) -> bool:

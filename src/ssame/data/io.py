@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -153,16 +154,44 @@ def validate_manifest(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return df
 
 
-def check_images(data_dir: str | Path, dataset: str, df: pd.DataFrame, columns: Iterable[str]) -> None:
-    """Raise naming dataset, row and path for the first referenced image that does not exist."""
-    root = image_root(data_dir)
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """One image path in one cell of a parquet; `where` names the dataset (and file) in messages."""
+
+    where: str
+    row: int
+    column: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: row {self.row} column {self.column!r} image {self.path!r}"
+
+
+def references(df: pd.DataFrame, columns: Iterable[str], where: str) -> list[Ref]:
+    """Every non-empty image path of `columns` (str or list-of-str cells), in row order."""
+    refs = []
     for col in columns:
         for row, value in enumerate(df[col]):
-            for path in [value] if isinstance(value, str) else value:
-                if path and not (root / path).is_file():
-                    raise DataFormatError(
-                        f"{dataset}: row {row} column {col!r} image {path!r} not found under {root}"
-                    )
+            refs += [Ref(where, row, col, p) for p in ([value] if isinstance(value, str) else value) if p]
+    return sorted(refs, key=lambda r: r.row)
+
+
+def first_reference(df: pd.DataFrame, columns: Iterable[str], where: str, paths: set[str]) -> Ref:
+    """The first reference (row order) to one of `paths`."""
+    for ref in references(df, columns, where):
+        if ref.path in paths:
+            return ref
+    raise KeyError(f"{where}: no row references {sorted(paths)[:3]}")
+
+
+def check_images(data_dir: str | Path, where: str, df: pd.DataFrame, columns: Iterable[str]) -> None:
+    """Raise naming `where` (the dataset), row, column and path for the first referenced image (row order) that is
+    not a file under the image root; each distinct path is looked up once."""
+    root = image_root(data_dir)
+    paths = {p for col in columns for value in df[col] for p in ([value] if isinstance(value, str) else value)}
+    missing = {p for p in paths - {""} if not (root / p).is_file()}
+    if missing:
+        raise DataFormatError(f"{first_reference(df, columns, where, missing)} not found under {root}")
 
 
 def read_manifest(data_dir: str | Path) -> pd.DataFrame:

@@ -21,7 +21,9 @@ from accelerate.utils import broadcast_object_list
 
 from ssame.config import Paths, as_params
 from ssame.data.io import (
+    EVAL_IMAGE_COLUMNS,
     DataFormatError,
+    check_images,
     eval_path,
     image_root,
     read_eval,
@@ -34,7 +36,6 @@ from ssame.evaluate.aggregate import aggregate
 from ssame.evaluate.encode import Encoded, Key, encode
 from ssame.evaluate.interpret import FIGURES, load_mask
 from ssame.evaluate.metrics import rank_candidates, ranking_metrics
-from ssame.evaluate.rows import check_images
 from ssame.evaluate.stats import bootstrap_aggregates
 from ssame.model import Embedder, InputBuilder
 from ssame.model.backbone import pixel_budget, square_side
@@ -120,7 +121,7 @@ class DatasetEvaluator:
     def __call__(self, row: Any) -> tuple[dict[str, Any], np.ndarray, float]:
         """(scores record, per-row hits, encode seconds) of one manifest row; files written by the main process."""
         full = read_eval(self.paths.data, row.dataset)
-        check_images(full, image_root(self.paths.data), row.dataset)
+        check_images(self.paths.data, f"dataset {row.dataset}", full, EVAL_IMAGE_COLUMNS)
         kept = rows.drop_unreadable(full, row.dataset, self.unreadable, self.params["evaluate"]["drop_unreadable"])
         frame = kept.frame
         queries, cands = unique_inputs(frame)

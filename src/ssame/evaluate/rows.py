@@ -1,6 +1,6 @@
 """Which rows of an eval dataset are scored: missing and unreadable images, and what VLM2Vec accepts (counted).
 
-Every error names the dataset, row, column and image path (`ssame.data.images.Ref`). An image the data stage found
+Every error names the dataset, row, column and image path (`ssame.data.io.Ref`). An image the data stage found
 unreadable (`results/data/unreadable.json`) stops the evaluation unless `evaluate.drop_unreadable`; then the rows
 that reference it are dropped and counted. A duplicated ground truth or an unexpected candidate count is what VLM2Vec
 scores without complaint: the data stage counts them (`eval_checks.json`), the evaluation warns and reports them.
@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
-from ssame.data.images import Ref, references
-from ssame.data.io import EVAL_CHECK_KEYS, EVAL_IMAGE_COLUMNS, DataFormatError
+from ssame.data.io import EVAL_CHECK_KEYS, EVAL_IMAGE_COLUMNS, DataFormatError, Ref, first_reference
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +24,8 @@ def _paths(frame: pd.DataFrame) -> set[str]:
 
 
 def locate(frame: pd.DataFrame, dataset: str, paths: set[str]) -> Ref:
-    """The first reference (row order) to one of `paths`."""
-    for ref in references(frame, EVAL_IMAGE_COLUMNS, f"dataset {dataset}"):
-        if ref.path in paths:
-            return ref
-    raise KeyError(f"dataset {dataset}: no row references {sorted(paths)[:3]}")
-
-
-def check_images(frame: pd.DataFrame, root: Path, dataset: str) -> None:
-    """Raise naming dataset, row and column for the first referenced image that is not a file under `root`."""
-    missing = {p for p in _paths(frame) if not (root / p).is_file()}
-    if missing:
-        raise DataFormatError(f"{locate(frame, dataset, missing)} not found under {root}")
+    """The first reference (row order) of an eval frame to one of `paths`."""
+    return first_reference(frame, EVAL_IMAGE_COLUMNS, f"dataset {dataset}", paths)
 
 
 @dataclass

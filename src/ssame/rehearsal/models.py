@@ -84,28 +84,33 @@ def qwen_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _write_qwen2_vl(folder: Path, seed: int, tie_word_embeddings: bool) -> None:
-    """Qwen2-VL Instruct; the 2B ties its input and output embeddings, the 7B does not (as the real configs)."""
+def write_qwen2_vl(folder: Path, seed: int, tie_word_embeddings: bool, text: dict | None = None,
+                   vision: dict | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    """Qwen2-VL Instruct with random init; the 2B ties its input and output embeddings, the 7B does not (as the real
+    configs). `text`/`vision` replace the tiny dimensions (bench/gpu.py passes the published 2B ones; `text` then
+    names its vocabulary size, else the tokenizer's is used)."""
     tokenizer = qwen_tokenizer()
+    text = text or {**QWEN_TEXT, "vocab_size": len(tokenizer)}
+    vision = {**(vision or QWEN_VISION), "hidden_size": text["hidden_size"]}
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in
            ["<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]}
     pad, eos = ids["<|endoftext|>"], ids["<|im_end|>"]
     config = Qwen2VLConfig(
-        text_config={**QWEN_TEXT, "vocab_size": len(tokenizer), "bos_token_id": pad, "eos_token_id": eos,
-                     "pad_token_id": pad, "tie_word_embeddings": tie_word_embeddings},
-        vision_config={**QWEN_VISION, "hidden_size": QWEN_TEXT["hidden_size"]},
+        text_config={**text, "bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad,
+                     "tie_word_embeddings": tie_word_embeddings},
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration(config).to(dtype)
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(size=QWEN_PIXELS, patch_size=QWEN_VISION["patch_size"],
-                             merge_size=QWEN_VISION["spatial_merge_size"],
-                             temporal_patch_size=QWEN_VISION["temporal_patch_size"]).save_pretrained(folder)
+    Qwen2VLImageProcessorPil(size=QWEN_PIXELS, patch_size=vision["patch_size"], merge_size=vision["spatial_merge_size"],
+                             temporal_patch_size=vision["temporal_patch_size"]).save_pretrained(folder)
 
 
 def _write_owlv2(folder: Path, seed: int) -> None:
@@ -169,8 +174,8 @@ def _write_sam(folder: Path, seed: int) -> None:
     processor.save_pretrained(folder)
 
 
-_WRITERS = {"backbone": partial(_write_qwen2_vl, tie_word_embeddings=True),
-            "lmm": partial(_write_qwen2_vl, tie_word_embeddings=False), "grounding_dino": _write_grounding_dino,
+_WRITERS = {"backbone": partial(write_qwen2_vl, tie_word_embeddings=True),
+            "lmm": partial(write_qwen2_vl, tie_word_embeddings=False), "grounding_dino": _write_grounding_dino,
             "owlv2": _write_owlv2, "sam": _write_sam}
 
 

@@ -8,14 +8,13 @@ ignored and replaced. A checkpoint is resumed only under the params it was writt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ssame.config import variant_uses_saliency
+from ssame.config import as_params, fingerprint, variant_uses_saliency
 
 TRAINER_FILE = "trainer.json"
 # train keys that change where or how a run is scheduled, logged or checkpointed, never what it computes
@@ -25,23 +24,13 @@ RUN_ONLY_KEYS = ("variants", "seeds", "checkpoint_every", "num_workers")
 def params_record(params: Mapping[str, Any], variant_name: str, seed: int) -> dict[str, Any]:
     """What shapes a training run: the data, model and train sections (less RUN_ONLY_KEYS), the variant, the seed,
     and the saliency section when the variant reads the saliency maps. JSON-ready."""
-    record = json.loads(json.dumps({
-        "data": params["data"], "model": params["model"],
-        "train": {k: v for k, v in params["train"].items() if k not in RUN_ONLY_KEYS},
-        "variant": {variant_name: params["variants"][variant_name]}, "seed": seed}, default=_plain))
-    if variant_uses_saliency(params["variants"][variant_name]):
-        record["saliency"] = json.loads(json.dumps(params["saliency"], default=_plain))
+    plain = as_params(params).to_dict()
+    record = {"data": plain["data"], "model": plain["model"],
+              "train": {k: v for k, v in plain["train"].items() if k not in RUN_ONLY_KEYS},
+              "variant": {variant_name: plain["variants"][variant_name]}, "seed": seed}
+    if variant_uses_saliency(plain["variants"][variant_name]):
+        record["saliency"] = plain["saliency"]
     return record
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"not JSON-serialisable: {value!r}")
-
-
-def fingerprint(record: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:

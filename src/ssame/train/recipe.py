@@ -30,9 +30,9 @@ from ssame.model.embedder import CONFIG_FILE
 from ssame.saliency.store import SaliencyStore
 from ssame.tracking import StepLogger, mlflow_run
 from ssame.train import checkpoint
-from ssame.train.batches import training_rows
+from ssame.train.batches import BatchOrder, training_rows
 from ssame.train.clip import check_deepspeed_clipping, clip_gradients
-from ssame.train.data import BatchOrder, StepDataset, step_loader
+from ssame.train.data import StepDataset, step_loader
 from ssame.train.objective import Objective
 
 LOG_EVERY = 10  # MLflow writes per-step metrics in batches of this many steps
