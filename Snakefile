@@ -2,10 +2,11 @@
 #   snakemake --cores all                                        (embedded offline default)
 #   snakemake --cores all --config params=params/paper.yaml       (paper profile)
 #   snakemake --cores all --config params=params/rehearsal.yaml   (the paper profile rehearsed on a CPU)
+#   snakemake --profile workflow/profiles/slurm --config params=params/paper.yaml   (SLURM; docs/scaling.md)
 # Every rule is a thin `ssame <stage>` call; all logic lives in src/ssame.
 from snakemake.utils import min_version
 
-from ssame.config import launch_processes, load_params, variant_uses_saliency
+from ssame.config import job_resources, job_threads, load_params, variant_uses_saliency
 
 min_version("9.0")
 
@@ -17,7 +18,12 @@ R = P["results_dir"]
 REPORTS = P["reports_dir"]
 VARIANTS = P["train"]["variants"]
 SEEDS = P["train"]["seeds"]
-TRAIN_PROCESSES = launch_processes(P["train"]["accelerate_config"])
+# Per rule: threads, resources (mem_mb, runtime, gpu per node, nodes) and retries, from params `resources`.
+THREADS = {rule: job_threads(P, rule) for rule in ("mirror", "data", "saliency", "train", "evaluate", "report")}
+RESOURCES = {rule: job_resources(P, rule) for rule in THREADS}
+RETRIES = P["resources"]["retries"]
+BENCH = f"{R}/benchmarks"  # Snakemake's benchmark files: each job's wall time, memory and I/O
+LOCAL = set(P["resources"]["local_rules"])  # under a cluster executor these run on the submitting host
 
 wildcard_constraints:
     variant="|".join(VARIANTS),

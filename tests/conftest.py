@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ from ssame.data.tokenizer import train_tokenizer
 from ssame.model.backbone import image_processor_for, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests keep their runs in their own SQLite stores, never in a tracking server the shell points at.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leak():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store from reaching later subprocesses."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

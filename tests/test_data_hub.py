@@ -4,6 +4,7 @@ readers."""
 
 from __future__ import annotations
 
+import hashlib
 import io as stdio
 import json
 import zipfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from huggingface_hub.hf_api import RepoFile
 from PIL import Image
 
 from ssame.config import as_params
@@ -173,7 +175,13 @@ def test_hub_client_path_uses_the_pinned_revisions(tmp_path, default_params, mon
             seen.add((repo, repo_type, revision))
             return [p.relative_to(local / repo).as_posix() for p in (local / repo).rglob("*") if p.is_file()]
 
-    def fake_download(repo, filename, repo_type, revision):
+        def get_paths_info(self, repo, paths, repo_type, revision):
+            seen.add((repo, repo_type, revision))
+            data = (local / repo / paths).read_bytes()  # verified against the LFS sha256, as on the hub
+            return [RepoFile(path=paths, size=len(data), oid="0" * 40,
+                             lfs={"size": len(data), "oid": hashlib.sha256(data).hexdigest(), "pointerSize": 134})]
+
+    def fake_download(repo, filename, repo_type, revision, force_download):
         seen.add((repo, repo_type, revision))
         return str(local / repo / filename)
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from ssame.config import load_params
+from ssame.tracking import resolve_uri
 
 # What the rehearsal may change: sizes, model ids (with their revisions) and where data and outputs live.
 SIZES = [
@@ -27,7 +28,8 @@ SIZES = [
     "saliency.subjects.max_new_tokens", "saliency.quality.samples_per_dataset", "train.steps", "train.batch_size",
     "train.grad_cache_chunk_size", "train.warmup_steps", "train.checkpoint_every", "train.max_text_tokens",
     "train.num_workers", "train.image_cache_mb", "evaluate.batch_size", "evaluate.bootstrap.samples",
-    "evaluate.max_text_tokens",
+    "evaluate.max_text_tokens", "resources.*.threads", "resources.*.mem_mb", "resources.*.runtime",
+    "resources.*.gpu", "resources.*.nodes",  # a CPU rehearsal asks for no GPU
 ]
 MODEL_IDS = ["model.backbone", "model.revision", "saliency.subjects.model", "saliency.subjects.revision",
              "saliency.expert_args.*.model", "saliency.expert_args.*.revision"]  # SAM's: *.sam.model, *.sam.revision
@@ -103,6 +105,7 @@ def rehearsal(tmp_path_factory, repo) -> Path:
     root = tmp_path_factory.mktemp("rehearsal")
     shutil.copy(repo / "Snakefile", root / "Snakefile")
     shutil.copytree(repo / "workflow", root / "workflow")
+    (root / "profiles").symlink_to("workflow/profiles")
     shutil.copytree(repo / "params", root / "params")
     (root / "src").symlink_to(repo / "src")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -143,7 +146,7 @@ def test_rehearsal_lr_schedule_on_two_processes_is_the_single_process_one(rehear
 
     params = load_params(rehearsal / "params" / "rehearsal.yaml")
     train = params["train"]
-    mlflow.set_tracking_uri(f"sqlite:///{rehearsal / params['tracking']['mlflow_db']}")
+    mlflow.set_tracking_uri(resolve_uri(params, rehearsal))
     run = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]],
                              filter_string="tags.mlflow.runName = 'train/ssame/seed0'").iloc[0]
     logged = [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run.run_id, "lr"),

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ssame import data
 from ssame.config import Paths, as_params, load_params
 from ssame.evaluate import evaluate
-from ssame.tracking import tracking_uri
+from ssame.tracking import resolve_uri
 from ssame.train import checkpoint, train
 from ssame.train.batches import training_rows
 from ssame.train.clip import check_deepspeed_clipping, clip_gradients
@@ -54,7 +54,7 @@ def test_ssame_variant_trains_saves_and_is_deterministic(small):
 
 def test_mlflow_has_per_step_components_from_the_main_process(small):
     train(small, "ssame-no-regen", 0)
-    client = mlflow.MlflowClient(tracking_uri(small["tracking"]["mlflow_db"]))
+    client = mlflow.MlflowClient(resolve_uri(small))
     experiment = client.get_experiment_by_name(small["tracking"]["experiment"])
     runs = client.search_runs([experiment.experiment_id], "tags.variant = 'ssame-no-regen'")
     assert len(runs) == 1
@@ -151,7 +151,7 @@ def test_export_from_a_full_state_dict_matches_the_direct_save(small, tmp_path):
 
 def _history(params: dict, variant: str) -> dict[str, list[float]]:
     """Per-step MLflow history (loss, lr, grad_norm) of the newest run of `variant`."""
-    client = mlflow.MlflowClient(tracking_uri(params["tracking"]["mlflow_db"]))
+    client = mlflow.MlflowClient(resolve_uri(params))
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     run = client.search_runs([experiment.experiment_id], f"tags.variant = '{variant}'",
                              order_by=["attributes.start_time DESC"])[0]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+
+from ssame.tracking import resolve_uri
 
 pytestmark = pytest.mark.e2e
 SCORES = ["overall", "classification", "vqa", "retrieval", "grounding", "ind", "ood"]
@@ -33,6 +37,7 @@ def project(tmp_path_factory, repo) -> Path:
     for item in ["Snakefile", "dvc.yaml"]:
         shutil.copy(repo / item, root / item)
     shutil.copytree(repo / "workflow", root / "workflow")
+    (root / "profiles").symlink_to("workflow/profiles")  # as in the repository: Snakemake loads profiles/default
     shutil.copytree(repo / "params" / "accelerate", root / "params" / "accelerate")
     shutil.copytree(repo / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     (root / "src").symlink_to(repo / "src")
@@ -85,7 +90,7 @@ def test_finished_run_has_nothing_to_do(project, first_run):
 def test_mlflow_runs_logged(project, first_run):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(resolve_uri(yaml.safe_load((project / "params" / "default.yaml").read_text()), project))
     runs = mlflow.search_runs(experiment_names=["ssame-default"])
     assert sorted(runs["tags.mlflow.runName"]) == sorted(
         f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)
@@ -101,13 +106,26 @@ def test_dvc_sees_snakemake_outputs_as_up_to_date(project, first_run):
     assert "Running stage" not in out
 
 
-def test_rerun_from_scratch_is_identical(project, first_run):
-    first_tables = (project / "reports" / "tables" / "main.csv").read_text()
+def test_killed_mid_run_then_resumed_is_bit_identical(project, first_run):
+    """From scratch: SIGKILL the whole snakemake process group while jobs run, unlock, rerun; same tables."""
+    first_tables = {p.name: p.read_bytes() for p in (project / "reports" / "tables").glob("*.csv")}
     shutil.rmtree(project / "results")
     shutil.rmtree(project / "reports")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=project, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list((project / "results" / "train").glob("*/seed0/metrics.json")):  # some trained, others running
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (project / "reports" / "tables" / "main.csv").exists()
+    _snakemake(project, "--unlock")  # SIGKILL leaves Snakemake's lock behind
+    assert "workflow specific profile profiles/default" in _snakemake(project, "-n")  # so rerun-incomplete applies
     _snakemake(project)
     assert _scores(project) == first_run
-    assert (project / "reports" / "tables" / "main.csv").read_text() == first_tables
+    assert {p.name: p.read_bytes() for p in (project / "reports" / "tables").glob("*.csv")} == first_tables
 
 
 def test_snakemake_report_with_captions(project, first_run):

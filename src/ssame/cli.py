@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "evaluate": "MMEB protocol hit@1 of one trained (variant, seed)",
     "report": "tables and figures from every evaluated (variant, seed)",
 }
+LAUNCH_HELP = "run one job of a stage with its GPUs, port and nodes (what the Snakemake rules call): ssame launch -h"
 
 
 def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
@@ -46,7 +47,8 @@ def _check_run(params: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ssame", description="SSA-ME reproduction pipeline (MMEB).")
+    top = argparse.ArgumentParser(prog="ssame", description="SSA-ME reproduction pipeline (MMEB).",
+                                  epilog=f"ssame launch STAGE ...: {LAUNCH_HELP}")
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage, help_text in STAGES.items():
         sub = subs.add_parser(stage, help=help_text, description=help_text)
@@ -60,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, run: Callable[..., None] = _run) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:
+        from ssame.launch import main as launch
+
+        return launch(argv[1:])
     args = parser().parse_args(argv)
     try:
         params = load_params(args.params)
@@ -71,8 +78,15 @@ def main(argv: list[str] | None = None, run: Callable[..., None] = _run) -> int:
 
         import torch
 
-        torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
-    run(args.stage, params, args)
+        local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1")  # processes on this node
+        torch.set_num_threads(max(1, args.threads // int(local)))
+    from ssame.atomic import WriteError
+
+    try:
+        run(args.stage, params, args)
+    except WriteError as err:  # disk full, quota, permissions: one line naming the file, not a traceback
+        print(f"ssame {args.stage}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,18 +1,23 @@
-"""MLflow tracking against a local SQLite store (absolute path, no network, telemetry off)."""
+"""MLflow tracking: a tracking server from MLFLOW_TRACKING_URI when set, else a local SQLite store (absolute path,
+no network, telemetry off). A SQLite file on a shared filesystem is unsafe for many writers: on a cluster, point
+MLFLOW_TRACKING_URI at an `mlflow server` (with `--serve-artifacts`, it stores the artifacts too)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 
 from ssame.config import as_params
 
+ENV_URI = "MLFLOW_TRACKING_URI"
 _OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -26,6 +31,20 @@ def tracking_uri(db_path: str | Path) -> str:
     return f"sqlite:///{Path(db_path).resolve()}"
 
 
+def resolve_uri(params: dict[str, Any], root: str | Path = ".") -> str:
+    """The tracking URI every reader and writer uses: MLFLOW_TRACKING_URI from the environment as is, else the
+    params' `tracking.mlflow_db` SQLite file (a relative path resolves against `root`)."""
+    return os.environ.get(ENV_URI) or tracking_uri(Path(root) / params["tracking"]["mlflow_db"])
+
+
+def _redacted(uri: str) -> str:
+    """`uri` without a password (a server URI may carry user:password@)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in d.items():
@@ -37,6 +56,31 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _ensure_experiment(mlflow: Any, name: str, artifact_location: str | None) -> None:
+    """Create experiment `name` unless it exists; losing the race to another job that created it is fine."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    if mlflow.get_experiment_by_name(name) is not None:
+        return
+    try:
+        mlflow.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS) or mlflow.get_experiment_by_name(name) is None:
+            raise
+
+
+def _set_uri(mlflow: Any, uri: str) -> None:
+    """Point mlflow at `uri` without exporting it: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which
+    would then win over the params of this process's next run and of every subprocess it starts."""
+    before = os.environ.get(ENV_URI)
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop(ENV_URI, None)
+    else:
+        os.environ[ENV_URI] = before
+
+
 @contextmanager
 def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str],
                run_id: str | None = None) -> Iterator[Any]:
@@ -45,15 +89,19 @@ def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str],
     os.environ.update(_OFFLINE_ENV)
     import mlflow
 
-    db = Path(params["tracking"]["mlflow_db"]).resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(db))
-    name = params["tracking"]["experiment"]
-    # Parallel jobs share one SQLite file: serialise schema creation and experiment registration.
-    with FileLock(db.with_suffix(".lock")):
-        if mlflow.get_experiment_by_name(name) is None:
-            mlflow.create_experiment(name, artifact_location=(db.parent / "artifacts").as_uri())
+    uri, name = resolve_uri(params), params["tracking"]["experiment"]
+    print(f"ssame tracking: MLflow at {_redacted(uri)}", file=sys.stderr, flush=True)
+    _set_uri(mlflow, uri)
+    if os.environ.get(ENV_URI):  # a server: it serialises writers and decides where artifacts go
+        _ensure_experiment(mlflow, name, None)
         mlflow.set_experiment(name)
+    else:
+        db = Path(params["tracking"]["mlflow_db"]).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # Parallel jobs share one SQLite file: serialise schema creation and experiment registration.
+        with FileLock(db.with_suffix(".lock")):
+            _ensure_experiment(mlflow, name, (db.parent / "artifacts").as_uri())
+            mlflow.set_experiment(name)
     if run_id is not None:
         with mlflow.start_run(run_id=run_id):
             yield mlflow

@@ -10,7 +10,13 @@ rule data:
         eval_checks=f"{R}/data/eval_checks.json",  # duplicated ground truths, unexpected candidate counts
     params:
         cfg=P["data"],
+    threads: THREADS["data"]
+    localrule: "data" in LOCAL
+    resources:
+        **RESOURCES["data"],
+    benchmark:
+        f"{BENCH}/data.tsv"
     log:
         f"{R}/logs/data.log",
     shell:
-        "ssame data --params {PARAMS_FILE} > {log} 2>&1"
+        "ssame launch data --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"

@@ -1,3 +1,4 @@
+# `ssame launch` shards the datasets' inputs over the job's GPUs (torchrun; one process without GPUs).
 rule evaluate:
     input:
         model=rules.train.output.model,
@@ -11,9 +12,15 @@ rule evaluate:
         embeddings=directory(f"{R}/eval/{{variant}}/seed{{seed}}/embeddings"),
     params:
         cfg=P["evaluate"],
-    threads: 1  # tiny CPU jobs run fastest single-threaded, side by side; raise for big models
+    threads: THREADS["evaluate"]
+    localrule: "evaluate" in LOCAL
+    resources:
+        **RESOURCES["evaluate"],
+    retries: RETRIES  # resumes from the datasets already embedded
+    benchmark:
+        f"{BENCH}/evaluate/{{variant}}/seed{{seed}}.tsv"
     log:
         f"{R}/logs/evaluate/{{variant}}/seed{{seed}}.log",
     shell:
-        "ssame evaluate --params {PARAMS_FILE} --variant {wildcards.variant} --seed {wildcards.seed}"
-        " --threads {threads} > {log} 2>&1"
+        "ssame launch evaluate --params {PARAMS_FILE} --variant {wildcards.variant} --seed {wildcards.seed}"
+        " --threads {threads} --gpus {resources.gpu} > {log} 2>&1"

@@ -4,7 +4,13 @@ rule mirror:
         done=f"{P['mirror']['dir']}/mirror.json",
     params:
         cfg=P["mirror"],
+    threads: THREADS["mirror"]
+    localrule: "mirror" in LOCAL
+    resources:
+        **RESOURCES["mirror"],
+    benchmark:
+        f"{BENCH}/mirror.tsv"
     log:
         f"{R}/logs/mirror.log",
     shell:
-        "ssame mirror --params {PARAMS_FILE} > {log} 2>&1"
+        "ssame launch mirror --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"

@@ -32,7 +32,13 @@ rule report:
         saliency_quality_md=f"{REPORTS}/tables/saliency_quality.md",
         saliency_methods=[report(f"{REPORTS}/figures/saliency_{m}.png", caption="../report/saliency_method.rst",
                                  category="Saliency") for m in [*P["saliency"]["quality"]["experts"], "fusion"]],
+    threads: THREADS["report"]
+    localrule: "report" in LOCAL
+    resources:
+        **RESOURCES["report"],
+    benchmark:
+        f"{BENCH}/report.tsv"
     log:
         f"{R}/logs/report.log",
     shell:
-        "ssame report --params {PARAMS_FILE} > {log} 2>&1"
+        "ssame launch report --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"

@@ -8,7 +8,13 @@ rule saliency:
         quality=f"{R}/saliency/quality.csv",
     params:
         cfg=P["saliency"],
+    threads: THREADS["saliency"]
+    localrule: "saliency" in LOCAL
+    resources:
+        **RESOURCES["saliency"],
+    benchmark:
+        f"{BENCH}/saliency.tsv"
     log:
         f"{R}/logs/saliency.log",
     shell:
-        "ssame saliency --params {PARAMS_FILE} > {log} 2>&1"
+        "ssame launch saliency --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"

@@ -1,3 +1,5 @@
+# `ssame launch` gives the job its devices and rendezvous port, then runs `accelerate launch ... -m ssame train`
+# (once per node; on several SLURM nodes through srun). A failed job is retried: training resumes from its checkpoint.
 rule train:
     input:
         data=rules.data.output.manifest,
@@ -9,10 +11,15 @@ rule train:
         model=P["model"],
         train={k: v for k, v in P["train"].items() if k not in ("variants", "seeds")},
         variant=lambda wc: P["variants"][wc.variant],
-        accelerate=P["train"]["accelerate_config"],
-    threads: TRAIN_PROCESSES  # one core per process of the launch (tiny CPU jobs run fastest single-threaded)
+    threads: THREADS["train"]
+    localrule: "train" in LOCAL
+    resources:
+        **RESOURCES["train"],
+    retries: RETRIES
+    benchmark:
+        f"{BENCH}/train/{{variant}}/seed{{seed}}.tsv"
     log:
         f"{R}/logs/train/{{variant}}/seed{{seed}}.log",
     shell:
-        "accelerate launch --config_file {params.accelerate} -m ssame train --params {PARAMS_FILE}"
-        " --variant {wildcards.variant} --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+        "ssame launch train --params {PARAMS_FILE} --variant {wildcards.variant} --seed {wildcards.seed}"
+        " --threads {threads} --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -125,16 +126,41 @@ def schema() -> dict[str, Any]:
 
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        parts += extra[:1]
+    if error.validator == "additionalProperties":  # YAML keys may be numbers too (`1: x`)
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)
+        parts += [str(k) for k in extra[:1]]
     return ".".join(parts) or "<root>"
 
 
+# JSON Schema counts 150.0 as an integer; params do not (range(150.0) fails, and the fingerprint would differ)
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)),
+)
+
+
+def _check_finite(value: Any, source: str, key: str = "") -> None:
+    """Raise naming the first NaN or infinite number (YAML `.nan`, `.inf`), which every schema bound lets pass."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{source}: invalid key '{key or '<root>'}': {value} is not a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _check_finite(v, source, f"{key}.{k}" if key else str(k))
+
+
+def _first_error(validator: jsonschema.Validator, instance: Any) -> jsonschema.ValidationError | None:
+    """The error to report: one of the instance itself before one an `if:` implies (`relevance: x`, not a list,
+    makes `contains` vacuously true and would blame expert_args), then by key path (keys may be numbers in YAML)."""
+    def rank(e: jsonschema.ValidationError) -> tuple[bool, list[str]]:
+        return "then" in e.schema_path or "else" in e.schema_path, [str(p) for p in e.path]
+
+    return min(validator.iter_errors(instance), key=rank, default=None)
+
+
 def _check_schema(params: dict[str, Any], source: str) -> None:
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(params), key=lambda e: list(e.path))
-    if errors:
-        err = errors[0]
+    err = _first_error(_Validator(schema()), params)
+    if err:
         raise ParamsError(f"{source}: invalid key '{_key_path(err)}': {err.message}")
 
 
@@ -173,6 +199,16 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
     for variant in train["variants"]:
         if variant not in params["variants"]:
             raise ParamsError(f"{source}: train.variants names '{variant}', which is not a key of 'variants'")
+    for rule, job in params["resources"].items():
+        if not isinstance(job, dict):
+            continue
+        if job["nodes"] > 1 and rule != "train":
+            raise ParamsError(f"{source}: resources.{rule}.nodes is {job['nodes']}; only train runs on several nodes")
+        if job["gpu"] > 1 and rule not in LAUNCHED_RULES:
+            raise ParamsError(f"{source}: resources.{rule}.gpu is {job['gpu']}; only train and evaluate use more "
+                              "than one GPU")
+        if job["threads"] is None and rule not in LAUNCHED_RULES:
+            raise ParamsError(f"{source}: resources.{rule}.threads is null; give a number of cores")
     if params["model"]["backbone"] == "tiny":
         if params["model"]["tiny"] is None:
             raise ParamsError(f"{source}: model.backbone is 'tiny' but key 'model.tiny' is missing")
@@ -188,6 +224,7 @@ def as_params(params: Mapping[str, Any], source: str = "params") -> Params:
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
     raw = _thaw(params)
     _check_schema(raw, source)
+    _check_finite(raw, source)
     _fill_defaults(schema(), raw)
     _check_schema(raw, source)
     _check_cross_fields(raw, source)
@@ -203,9 +240,9 @@ def as_variant(variant: Mapping[str, Any], source: str = "variant") -> Frozen:
     """One `variants:` entry validated against the schema's variant definition, defaults filled, frozen."""
     raw = _thaw(variant)
     node = schema()["$defs"]["variant"]
-    errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(raw), key=lambda e: list(e.path))
-    if errors:
-        raise ParamsError(f"{source}: invalid key '{_key_path(errors[0])}': {errors[0].message}")
+    err = _first_error(_Validator(node), raw)
+    if err:
+        raise ParamsError(f"{source}: invalid key '{_key_path(err)}': {err.message}")
     _fill_defaults(node, raw)
     return Frozen(raw)
 
@@ -228,15 +265,51 @@ def launch_processes(accelerate_config: str | Path) -> int:
     return processes
 
 
+LAUNCHED_RULES = ("train", "evaluate")  # started through `ssame launch` (devices, ports, processes, nodes)
+
+
+def job_threads(params: Mapping[str, Any], rule: str) -> int:
+    """CPU cores of one job of `rule` (per node): params resources, or for null one per launched process."""
+    threads = params["resources"][rule]["threads"]
+    if threads is not None:
+        return threads
+    if rule == "train":
+        return launch_processes(params["train"]["accelerate_config"])
+    return max(1, params["resources"][rule]["gpu"])
+
+
+def job_resources(params: Mapping[str, Any], rule: str) -> dict[str, int]:
+    """Snakemake resources of `rule`'s jobs: memory (MB), runtime (min), GPUs per node and nodes."""
+    job = params["resources"][rule]
+    return {"mem_mb": job["mem_mb"], "runtime": job["runtime"], "gpu": job["gpu"], "nodes": job["nodes"]}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path) -> Params:
     """Read, validate and freeze a params YAML file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise ParamsError(f"{path}: not valid YAML: {type(err).__name__}: {err}") from err
     return as_params(raw if raw is not None else {}, source=str(path))
 
 

@@ -3,6 +3,7 @@ repos (`data.hub.local_dir`): both are read through `Repo`, by the same file nam
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from functools import cached_property
@@ -18,6 +19,11 @@ from . import images, io
 
 RESOURCE = Path(__file__).resolve().parents[1] / "resources" / "mmeb_v1_datasets.csv"
 log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def mmeb_datasets() -> pd.DataFrame:
@@ -43,12 +49,29 @@ class Repo:
         return sorted(p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file())
 
     def fetch(self, filename: str) -> Path:
-        """A file of the repo on local disk (downloaded into the hub cache when needed)."""
+        """A file of the repo on local disk. From the hub it is downloaded into the hub cache when needed
+        (huggingface_hub resumes a dropped connection and moves a file into the cache only once complete), then
+        checked against the sha256 the hub lists for an LFS file: a mismatch is downloaded once more, then an error.
+        A local mirror has no hub metadata: its files are used as they are."""
         if filename not in self.files:
             raise FileNotFoundError(f"{self.name}: no file {filename!r}")
-        if self.local is None:
-            return Path(hf_hub_download(self.repo, filename, repo_type="dataset", revision=self.revision))
-        return self.local / filename
+        if self.local is not None:
+            return self.local / filename
+        info = HfApi().get_paths_info(self.repo, filename, repo_type="dataset", revision=self.revision)
+        expected = info[0].lfs.sha256 if info and info[0].lfs else None
+        path = self._download(filename, force=False)
+        if expected and _sha256(path) != expected:
+            log.warning("%s: %s does not match its sha256 %s; downloading it again", self.name, filename, expected)
+            path = self._download(filename, force=True)
+            actual = _sha256(path)
+            if actual != expected:
+                raise io.DataFormatError(f"{self.name}: {filename} has sha256 {actual} after two downloads, the hub "
+                                         f"lists {expected} ({path})")
+        return path
+
+    def _download(self, filename: str, force: bool) -> Path:
+        return Path(hf_hub_download(self.repo, filename, repo_type="dataset", revision=self.revision,
+                                    force_download=force))
 
     def read_split(self, config: str, split: str) -> tuple[pd.DataFrame, str]:
         """The `<config>/<split>-*.parquet` shards as one frame, and a name for it in messages."""
@@ -59,13 +82,20 @@ class Repo:
                 f"{self.name}: config {config!r} has no split {split!r} (no {config}/{split}-*.parquet); files "
                 f"under {config}/ at this revision: {found or 'none'}"
             )
-        return pa.concat_tables([self._parquet(s) for s in shards]).to_pandas(), f"{self.name} {config}/{split}"
+        source = f"{self.name} {config}/{split}"
+        try:
+            table = pa.concat_tables([self._parquet(s) for s in shards])
+        except pa.ArrowException as err:
+            raise io.DataFormatError(f"{source}: its shards {shards} do not share one schema: {err}") from err
+        if not table.num_rows:
+            raise io.DataFormatError(f"{source}: no rows in {shards}")
+        return table.to_pandas(), source
 
     def _parquet(self, filename: str) -> pa.Table:
         path = self.fetch(filename)
         try:
             return pq.read_table(path)
-        except pa.ArrowInvalid as err:  # e.g. a git-lfs pointer in a clone made without git-lfs
+        except (pa.ArrowException, OSError) as err:  # e.g. a git-lfs pointer in a clone made without git-lfs
             raise io.DataFormatError(f"{self.name}: {filename} ({path}) is not a readable parquet file: {err}") from err
 
 
@@ -77,7 +107,7 @@ def _train(repo: Repo, cfg: Mapping[str, Any], config: str, name: str, image_dir
     for col in ("neg_text", "neg_image_path"):  # only some MMEB-train configs carry a negative
         if col not in df.columns:
             df[col] = ""
-    df = io.validate_train(df.map(lambda v: "" if v is None else v), source)
+    df = io.validate_train(df.astype(object).where(df.notna(), ""), source)  # a null cell reads as ""
     refs = io.references(df, io.TRAIN_IMAGE_COLUMNS, f"{name} ({source})")
     images.extract(repo.fetch(f"images_zip/{config}.zip"), refs, image_dir)
     return df, refs

@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from ssame.atomic import atomic_path
+
 from .io import DataFormatError, Ref
 
 DECODE_CHUNK = 256  # images per task of the decoding pool
@@ -96,9 +98,7 @@ def extract(zip_path: Path, refs: Sequence[Ref], dest: Path) -> None:
                 raise DataFormatError(f"{ref} is not in {zip_path} ({layout}; no member {member!r})")
             wanted[ref.path] = member
         for path, member in sorted(wanted.items()):
-            target = dest / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(target, "wb") as out:
+            with zf.open(member) as src, atomic_path(dest / path) as tmp, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
 
 

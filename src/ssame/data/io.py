@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ssame.atomic import atomic_path, write_json
+
 IMAGE_TOKEN = "<|image_1|>"
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
@@ -64,16 +66,33 @@ def _require_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> N
         raise DataFormatError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")
 
 
+def _kind(value: object) -> str:
+    """A cell's type for messages; pandas reads a null string cell as None or NaN."""
+    return "null" if value is None or (isinstance(value, float) and value != value) else type(value).__name__
+
+
+def _blank(text: str, image: str) -> bool:
+    """An input the encoder refuses (ssame.model.InputBuilder): no image and no text beyond whitespace."""
+    return not image and not text.strip()
+
+
 def validate_train(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check MMEB-train columns: every value a string ("" when missing)."""
+    """Check MMEB-train columns: every value a string ("" when missing); query and positive not blank, the negative
+    absent ("", "") or not blank."""
     _require_columns(df, TRAIN_COLUMNS, source)
     df = df.loc[:, list(TRAIN_COLUMNS)].reset_index(drop=True)
     for col in TRAIN_COLUMNS:
         for row, value in enumerate(df[col]):
             if not isinstance(value, str):
                 raise DataFormatError(
-                    f"{source}: row {row} column {col!r} is {type(value).__name__}, not str"
+                    f"{source}: row {row} column {col!r} is {_kind(value)}, not str"
                 )
+    for side, text, image in (("query", "qry", "qry_image_path"), ("positive", "pos_text", "pos_image_path"),
+                              ("negative", "neg_text", "neg_image_path")):
+        for row, (t, i) in enumerate(zip(df[text], df[image], strict=True)):
+            if _blank(t, i) and (side != "negative" or t):
+                raise DataFormatError(f"{source}: row {row} has a blank {side} (columns {text!r} and {image!r} "
+                                      "hold neither text nor an image)")
     return df
 
 
@@ -86,13 +105,13 @@ def validate_eval(df: pd.DataFrame, source: str) -> pd.DataFrame:
         for row, value in enumerate(df[col]):
             if not isinstance(value, str):
                 raise DataFormatError(
-                    f"{source}: row {row} column {col!r} is {type(value).__name__}, not str"
+                    f"{source}: row {row} column {col!r} is {_kind(value)}, not str"
                 )
     lists = {}
     for col in ("tgt_text", "tgt_img_path"):
         values = []
         for row, value in enumerate(df[col]):
-            if value is None or isinstance(value, str) or not hasattr(value, "__len__"):
+            if value is None or isinstance(value, str | Mapping) or not hasattr(value, "__len__"):
                 raise DataFormatError(f"{source}: row {row} column {col!r} is not a list of str")
             value = list(value)
             if not value:
@@ -106,6 +125,12 @@ def validate_eval(df: pd.DataFrame, source: str) -> pd.DataFrame:
             raise DataFormatError(
                 f"{source}: row {row} is ragged: {len(texts)} tgt_text vs {len(images)} tgt_img_path"
             )
+    for row, (text, image, texts, images) in enumerate(zip(df["qry_text"], df["qry_img_path"], lists["tgt_text"],
+                                                            lists["tgt_img_path"], strict=True)):
+        blank = [k for k, (t, i) in enumerate(zip(texts, images, strict=True)) if _blank(t, i)]
+        if _blank(text, image) or blank:
+            what = "query" if _blank(text, image) else f"candidate {blank[0]}"
+            raise DataFormatError(f"{source}: row {row} has a blank {what} (neither text nor an image)")
     df["tgt_text"] = pd.Series(lists["tgt_text"], dtype=object)
     df["tgt_img_path"] = pd.Series(lists["tgt_img_path"], dtype=object)
     return df
@@ -135,7 +160,7 @@ def validate_manifest(df: pd.DataFrame, source: str) -> pd.DataFrame:
     df = df.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
     for row, rec in enumerate(df.itertuples(index=False)):
         if not isinstance(rec.dataset, str) or not rec.dataset:
-            raise DataFormatError(f"{source}: row {row} has an empty dataset name")
+            raise DataFormatError(f"{source}: row {row} dataset name {rec.dataset!r} is not a non-empty string")
         if rec.meta_task not in META_TASKS:
             raise DataFormatError(
                 f"{source}: row {row} ({rec.dataset}) meta_task {rec.meta_task!r} not in {META_TASKS}"
@@ -198,13 +223,20 @@ def read_manifest(data_dir: str | Path) -> pd.DataFrame:
     path = Path(data_dir) / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    return validate_manifest(pd.read_csv(path, keep_default_na=False), str(path))
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except ValueError as err:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise DataFormatError(f"{path}: not a readable CSV file: {type(err).__name__}: {err}") from err
+    return validate_manifest(df, str(path))
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"parquet not found: {path}")
-    return pq.read_table(path).to_pandas()
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as err:
+        raise DataFormatError(f"{path}: not a readable parquet file (rerun the data stage): {err}") from err
 
 
 def read_train(data_dir: str | Path, dataset: str) -> pd.DataFrame:
@@ -221,8 +253,8 @@ def write_train(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
     path = train_path(data_dir, dataset)
     df = validate_train(df, f"train/{dataset}")
     check_images(data_dir, dataset, df, TRAIN_IMAGE_COLUMNS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, schema=_TRAIN_SCHEMA, preserve_index=False), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(df, schema=_TRAIN_SCHEMA, preserve_index=False), tmp)
     return path
 
 
@@ -230,22 +262,16 @@ def write_eval(data_dir: str | Path, dataset: str, df: pd.DataFrame) -> Path:
     path = eval_path(data_dir, dataset)
     df = validate_eval(df, f"eval/{dataset}")
     check_images(data_dir, dataset, df, EVAL_IMAGE_COLUMNS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, schema=_EVAL_SCHEMA, preserve_index=False), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(df, schema=_EVAL_SCHEMA, preserve_index=False), tmp)
     return path
 
 
 def write_manifest(data_dir: str | Path, rows: list[dict]) -> Path:
     path = Path(data_dir) / "manifest.csv"
     df = validate_manifest(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, lineterminator="\n")
-    return path
-
-
-def _write_json(path: Path, record: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
     return path
 
 
@@ -254,7 +280,7 @@ def _read_json(path: Path) -> object:
         raise FileNotFoundError(f"data stage output not found: {path} (rerun the data stage)")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise DataFormatError(f"{path}: not valid JSON: {err}") from err
 
 
@@ -269,7 +295,7 @@ def _counts(value: object, path: Path, key: str) -> dict[str, int]:
 def write_unreadable(data_dir: str | Path, images: Mapping[str, str], dropped_train_rows: Mapping[str, int]) -> Path:
     """`unreadable.json`: {"images": {path under images/: reason}, "dropped_train_rows": {dataset: rows}}."""
     record = {"images": dict(images), "dropped_train_rows": dict(dropped_train_rows)}
-    return _write_json(Path(data_dir) / UNREADABLE_FILE, record)
+    return write_json(Path(data_dir) / UNREADABLE_FILE, record, sort_keys=True)
 
 
 def _read_unreadable(data_dir: str | Path) -> tuple[dict[str, str], dict[str, int]]:
@@ -296,7 +322,7 @@ def read_dropped_train_rows(data_dir: str | Path) -> dict[str, int]:
 
 def write_eval_checks(data_dir: str | Path, checks: Mapping[str, Mapping[str, int]]) -> Path:
     """`eval_checks.json`: {dataset: {"duplicated_ground_truth_rows": n, "candidate_count_mismatch_rows": n}}."""
-    return _write_json(Path(data_dir) / EVAL_CHECKS_FILE, {d: dict(c) for d, c in checks.items()})
+    return write_json(Path(data_dir) / EVAL_CHECKS_FILE, {d: dict(c) for d, c in checks.items()})
 
 
 def read_eval_checks(data_dir: str | Path) -> dict[str, dict[str, int]]:

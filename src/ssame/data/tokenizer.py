@@ -8,6 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ssame.atomic import atomic_dir
+
 from . import io
 from .io import IMAGE_TOKEN
 
@@ -55,5 +57,6 @@ def build_tokenizer(data_dir: Path, vocab_size: int) -> Path:
         manifest.loc[manifest["train_rows"] > 0, "dataset"],
     )
     out = data_dir / "tokenizer"
-    train_tokenizer(texts, vocab_size).save_pretrained(out)
+    with atomic_dir(out) as tmp:
+        train_tokenizer(texts, vocab_size).save_pretrained(tmp)
     return out

@@ -19,6 +19,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
+from ssame.atomic import replace_dir, write_json
 from ssame.config import Paths, as_params
 from ssame.data.io import (
     EVAL_IMAGE_COLUMNS,
@@ -121,6 +122,7 @@ class DatasetEvaluator:
     def __call__(self, row: Any) -> tuple[dict[str, Any], np.ndarray, float]:
         """(scores record, per-row hits, encode seconds) of one manifest row; files written by the main process."""
         full = read_eval(self.paths.data, row.dataset)
+        rows.check_count(full, row.dataset, int(row.num_queries))
         check_images(self.paths.data, f"dataset {row.dataset}", full, EVAL_IMAGE_COLUMNS)
         kept = rows.drop_unreadable(full, row.dataset, self.unreadable, self.params["evaluate"]["drop_unreadable"])
         frame = kept.frame
@@ -142,7 +144,7 @@ class DatasetEvaluator:
                   "forward_passes": found["forward_passes"], "forward_ratio": found["forward_passes"] / unique,
                   **figures, **kept.record, **rows.accepted_counts(self.checks, row.dataset)}
         if self.state.is_main_process:
-            outputs.write_json(outputs.scores_path(self.eval_dir, row.dataset), record)
+            write_json(outputs.scores_path(self.eval_dir, row.dataset), record)
             depth = self.params["evaluate"]["ranking_depth"]
             outputs.write_predictions(outputs.predictions_path(self.eval_dir, row.dataset), kept.rows, ranks,
                                       [r[:depth] for r in rankings])
@@ -191,10 +193,9 @@ def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
                    "interpretability": {name: _mean_over_datasets([r[name] for r in records.values()])
                                         for name in FIGURES}}
         if state.is_main_process:
-            shutil.rmtree(eval_dir / "embeddings", ignore_errors=True)
-            (evaluator.cache_dir / "embeddings").rename(eval_dir / "embeddings")
+            replace_dir(evaluator.cache_dir / "embeddings", eval_dir / "embeddings")
             shutil.rmtree(evaluator.cache_dir)
-            outputs.write_json(eval_dir / "aggregate.json", summary)
+            write_json(eval_dir / "aggregate.json", summary)
             mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}
                                | {k: v for k, v in summary["interpretability"].items() if v is not None})
             mlflow.log_artifact(str(eval_dir / "aggregate.json"))

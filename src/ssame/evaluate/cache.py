@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ssame.atomic import atomic_path
 from ssame.evaluate.outputs import embeddings_path, keys_path
 
 Key = tuple[str, str]
@@ -41,16 +41,15 @@ def _keys_frame(keys: dict[str, list[Key]]) -> pd.DataFrame:
 
 def save(root: Path, dataset: str, tensors: dict[str, torch.Tensor], keys: dict[str, list[Key]],
          metadata: dict[str, Any]) -> None:
-    """Write `<dataset>.keys.parquet` then `<dataset>.safetensors`, each via a temporary file and a rename.
+    """Write `<dataset>.keys.parquet` then `<dataset>.safetensors`, each atomically.
     `metadata` (with its `fingerprint`) is stored as one JSON string under the key `ssame`: safetensors keeps
     several metadata keys in arbitrary order, one keeps the file byte-identical across runs."""
     path, keys_file = embeddings_path(root, dataset), keys_path(root, dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _keys_frame(keys).to_parquet(keys_file.with_suffix(".tmp"), index=False)
-    os.replace(keys_file.with_suffix(".tmp"), keys_file)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path.with_suffix(".tmp"),
-              metadata={"ssame": json.dumps(metadata, sort_keys=True)})
-    os.replace(path.with_suffix(".tmp"), path)
+    with atomic_path(keys_file) as tmp:
+        _keys_frame(keys).to_parquet(tmp, index=False)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={"ssame": json.dumps(metadata, sort_keys=True)})
 
 
 def load(root: Path, dataset: str, fingerprint_: str, keys: dict[str, list[Key]]

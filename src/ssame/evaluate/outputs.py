@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ssame.atomic import atomic_path
 
 SIDES = ("query", "candidate")
 PREDICTION_KEYS = ("query", "rank", "correct", "ranking")
@@ -35,16 +36,10 @@ def keys_path(eval_dir: Path, dataset: str) -> Path:
     return Path(eval_dir) / "embeddings" / f"{dataset}.keys.parquet"
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-
-
 def write_predictions(path: Path, rows: list[int], ranks: list[int], rankings: list[list[int]]) -> None:
     """One JSON line per scored query row (`rows`: its row in the eval parquet), in row order; `ranking` may be
     truncated (see params evaluate.ranking_depth)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
+    with atomic_path(path) as tmp, tmp.open("w") as f:
         for row, rank, ranking in zip(rows, ranks, rankings, strict=True):
             f.write(json.dumps({"query": row, "rank": rank, "correct": rank == 1, "ranking": ranking}) + "\n")
 

@@ -28,6 +28,13 @@ def locate(frame: pd.DataFrame, dataset: str, paths: set[str]) -> Ref:
     return first_reference(frame, EVAL_IMAGE_COLUMNS, f"dataset {dataset}", paths)
 
 
+def check_count(frame: pd.DataFrame, dataset: str, expected: int) -> None:
+    """The eval parquet holds the rows manifest.csv counts: a shorter or longer file would be scored as if whole."""
+    if len(frame) != expected:
+        raise DataFormatError(f"dataset {dataset}: the eval parquet holds {len(frame)} rows but manifest.csv counts "
+                              f"{expected} queries (rerun the data stage)")
+
+
 @dataclass
 class Kept:
     """The rows scored: `frame` (index reset), their row numbers in the eval parquet, and what was dropped."""

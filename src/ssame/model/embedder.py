@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ssame.atomic import atomic_dir
 from ssame.config import as_variant
 from ssame.model.attention import attention_implementation
 from ssame.model.inputs import EncodedBatch
@@ -120,22 +121,23 @@ class Embedder(nn.Module):
         return [last[row][is_visual[row]] for row in batch.image_rows]
 
     def save(self, directory: Path, tokenizer, image_processor) -> None:
-        """Backbone via save_pretrained (safetensors) + SSA-ME modules + variant, one self-contained folder.
-        LoRA adapters are merged into the saved weights (in place: call this when training is over)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        """Backbone via save_pretrained (safetensors) + SSA-ME modules + variant, one self-contained folder, written
+        atomically (it replaces any previous one). LoRA adapters are merged into the saved weights (in place: call
+        this when training is over)."""
         backbone = self.backbone
         if backbone is not self.qwen:
             from ssame.model.lora import merge_lora
 
             backbone = self.backbone = merge_lora(backbone)
-        backbone.save_pretrained(directory / "backbone")
-        tokenizer.save_pretrained(directory / "backbone")
-        image_processor.save_pretrained(directory / "backbone")
-        if self.regen is not None:
-            save_file({f"regen.{k}": v.contiguous() for k, v in self.regen.state_dict().items()},
-                      directory / MODULES_FILE)
-        record = {"variant": self.variant.to_dict(), "mrope": self.mrope}
-        (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        with atomic_dir(directory) as tmp:
+            backbone.save_pretrained(tmp / "backbone")
+            tokenizer.save_pretrained(tmp / "backbone")
+            image_processor.save_pretrained(tmp / "backbone")
+            if self.regen is not None:
+                save_file({f"regen.{k}": v.contiguous() for k, v in self.regen.state_dict().items()},
+                          tmp / MODULES_FILE)
+            record = {"variant": self.variant.to_dict(), "mrope": self.mrope}
+            (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: Path, attn_implementation: str = "eager", *, mrope: str):

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ssame.atomic import atomic_path, write_text
 from ssame.data.hub import mmeb_datasets
 from ssame.data.io import EVAL_COLUMNS, IMAGE_TOKEN, TRAIN_COLUMNS
 from ssame.data.mini.render import box_around, render
@@ -146,8 +147,8 @@ def _table(columns: dict[str, list], list_columns: tuple[str, ...] = ()) -> pa.T
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _write_zip(path: Path, files: dict[str, bytes], junk: list[str]) -> None:
@@ -156,8 +157,7 @@ def _write_zip(path: Path, files: dict[str, bytes], junk: list[str]) -> None:
     entries = {**{d: b"" for d in dirs}, **files}
     for name in junk:
         entries[name] = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # an AppleDouble header
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
             info.create_system = 3
@@ -246,9 +246,9 @@ def write_hub_mirror(root: Path, *, seed: int, train_rows: int, eval_queries: in
     train = table[table["train_config"] != ""]
     for _, spec in train.iterrows():
         _train_config(root, spec.train_config, spec, seed, train_rows, image_size)
-    (root / TRAIN_REPO / "README.md").write_text(_readme(sorted(train["train_config"]), TRAIN_SPLITS))
+    write_text(root / TRAIN_REPO / "README.md", _readme(sorted(train["train_config"]), TRAIN_SPLITS))
     files: dict[str, bytes] = {}
     for name, spec in table.iterrows():
         _eval_dataset(root, name, spec, seed, eval_queries, image_size, files)
     _write_zip(root / EVAL_REPO / "images.zip", files, _junk(files))
-    (root / EVAL_REPO / "README.md").write_text(_readme(sorted(table.index), ("test",)))
+    write_text(root / EVAL_REPO / "README.md", _readme(sorted(table.index), ("test",)))

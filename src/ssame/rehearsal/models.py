@@ -47,6 +47,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ssame.atomic import atomic_dir
 from ssame.data.hub import mmeb_datasets
 from ssame.data.tokenizer import train_tokenizer
 from ssame.saliency.lmm_subjects import PROMPT
@@ -183,8 +184,7 @@ def write_tiny_models(root: Path, seed: int) -> dict[str, Path]:
     """Write every tiny model under `root` (`<root>/<hub id>/`); returns {key: folder} for the keys of `HUB_IDS`."""
     folders: dict[str, Path] = {}
     for key, hub_id in HUB_IDS.items():
-        folder = Path(root) / hub_id
-        folder.mkdir(parents=True, exist_ok=True)
-        _WRITERS[key](folder, seed + 1 if key == "lmm" else seed)  # the LMM is not a copy of the backbone
-        folders[key] = folder
+        folders[key] = Path(root) / hub_id
+        with atomic_dir(folders[key]) as tmp:
+            _WRITERS[key](tmp, seed + 1 if key == "lmm" else seed)  # the LMM is not a copy of the backbone
     return folders

@@ -8,12 +8,12 @@ through `data.hub.local_dir`, the model loaders through `from_pretrained(<folder
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ssame.atomic import write_json
 from ssame.config import ParamsError, as_params
 from ssame.rehearsal.hub_mirror import write_hub_mirror
 from ssame.rehearsal.models import write_tiny_models
@@ -40,4 +40,4 @@ def build(params: Mapping[str, Any]) -> None:
                      image_size=cfg["image_size"])
     models = write_tiny_models(root / "models", seed=cfg["seed"])
     record = {"hub": str(root / "hub"), "models": {name: str(path) for name, path in sorted(models.items())}}
-    done_file(params).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(done_file(params), record)

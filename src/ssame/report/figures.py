@@ -13,6 +13,7 @@ import pandas as pd
 import seaborn as sns
 from PIL import Image
 
+from ssame.atomic import atomic_path
 from ssame.data.io import image_root, mask_path, read_eval
 from ssame.saliency.store import SaliencyStore
 
@@ -34,9 +35,10 @@ METRIC_LABELS = {
 PANEL_TITLES = ["image", "saliency map", "overlay", "ground-truth mask"]
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write `fig` atomically (the format from the suffix of `path`) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
     plt.close(fig)
 
 
@@ -50,7 +52,7 @@ def metatask_bars(scores: pd.DataFrame, path: Path) -> None:
     ax.set(xlabel="", ylabel="MMEB hit@1 (%)", title="Mean ± sd over seeds")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="variant")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def sample_query_images(data_dir: Path, datasets: list[str], limit: int) -> list[tuple[str, str]]:
@@ -95,4 +97,4 @@ def saliency_overlays(results_dir: Path, datasets: list[str], path: Path) -> Non
         if not ax.images:
             ax.axis("off")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from ssame.data.io import image_root
-from ssame.report.figures import plt
+from ssame.report.figures import plt, save_figure
 from ssame.report.tables import write_table
 
 METRICS = ["auc", "iou_top10", "pointing"]
@@ -53,9 +53,7 @@ def saliency_method_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
             ax.set(xticks=[], yticks=[])
         fig.tight_layout()
         out = figures_dir / f"saliency_{method}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
+        save_figure(fig, out)
         written.append(out)
     return written
 

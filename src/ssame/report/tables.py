@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ssame.atomic import atomic_path, write_text
 from ssame.data.hub import mmeb_datasets
 from ssame.evaluate.aggregate import GROUPS, aggregate, published_aggregates, published_summary
 from ssame.evaluate.stats import bootstrap_aggregates, paired_bootstrap_groups
@@ -175,6 +176,6 @@ def published_table(per_dataset: pd.DataFrame, manifest: pd.DataFrame, backbone:
 def write_table(table: pd.DataFrame, stem: Path, floatfmt: str | Sequence[str] = ".1f") -> None:
     """Write `table` to `<stem>.csv` and `<stem>.md` (GitHub-style markdown, floats as `floatfmt`, one format or one
     per column)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(stem.with_suffix(".csv"), index=False)
-    stem.with_suffix(".md").write_text(table.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    with atomic_path(stem.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(stem.with_suffix(".md"), table.to_markdown(index=False, floatfmt=floatfmt) + "\n")

@@ -147,5 +147,5 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))
-    except (OSError, ValueError) as err:
+    except Exception as err:  # whatever PIL raises (OSError, SyntaxError, DecompressionBombError, ...), as training
         raise ValueError(f"unreadable or corrupt image: {path} ({type(err).__name__}: {err})") from err

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ssame.atomic import atomic_path
 from ssame.data.io import mask_path, read_eval, read_manifest
 from ssame.saliency.experts import build_expert, expert_kwargs
 from ssame.saliency.fusion import Fusion
@@ -63,11 +64,12 @@ def score_experts(params: Mapping[str, Any], data_dir: Path, fusion: Fusion, sub
     maps = {name: expert(images, phrases) for name, expert in experts.items()}
     maps["fusion"] = fusion(images, phrases)
     size = cfg["map_size"]
-    np.savez_compressed(
-        figure_path, images=np.array([s[2] for s in shown], dtype=str),
-        texts=np.array([s[1] for s in shown], dtype=str), methods=np.array(list(maps), dtype=str),
-        maps=np.array([[cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) for m in method[len(scored):]]
-                       for method in maps.values()], dtype=np.float16).reshape(len(maps), len(shown), size, size))
+    with atomic_path(figure_path) as tmp:
+        np.savez_compressed(
+            tmp, images=np.array([s[2] for s in shown], dtype=str),
+            texts=np.array([s[1] for s in shown], dtype=str), methods=np.array(list(maps), dtype=str),
+            maps=np.array([[cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) for m in method[len(scored):]]
+                           for method in maps.values()], dtype=np.float16).reshape(len(maps), len(shown), size, size))
     rows = [{"method": name, "dataset": s[0], "auc": auc(m, s[3]), "iou_top10": iou_top(m, s[3], TOP_FRACTION),
              "pointing": pointing(m, s[3])}
             for name, method in maps.items() for s, m in zip(scored, method, strict=False)]

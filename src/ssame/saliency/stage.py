@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ssame.atomic import atomic_path, write_json
 from ssame.config import Params, Paths, as_params
 from ssame.data.io import eval_path, image_root, read_eval, read_manifest, read_train, read_unreadable, train_path
 from ssame.saliency.experts import build_expert, expert_kwargs, read_image
@@ -128,9 +129,10 @@ def build(params: Params | dict[str, Any]) -> None:
         summary[row.dataset] = {**counts, "skipped": load.skipped, "fingerprint": fingerprint}
     load.skipped = {}
     quality = score_experts(params, paths.data, fusion, subjects, paths.saliency / "quality_samples.npz", load)
-    quality.to_csv(paths.saliency / "quality.csv", index=False)
+    with atomic_path(paths.saliency / "quality.csv") as tmp:
+        quality.to_csv(tmp, index=False)
     manifest = {"bottom_up": cfg["bottom_up"], "relevance": list(cfg["relevance"]), "map_size": cfg["map_size"],
                 "shards": list(summary), "datasets": summary,
                 "skipped_images": sum(len(d["skipped"]) for d in summary.values()),
                 "small_images": sum(d["small_images"] for d in summary.values())}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(manifest_path, manifest)

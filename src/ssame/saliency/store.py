@@ -21,14 +21,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from ssame.atomic import atomic_dir, atomic_path
+
 SHARD_FILE = "shard.json"
+# dtype and dimensions of each array of a table
+FIELDS = {"hash": (np.uint64, 1), "key_offsets": (np.int64, 1), "keys": (np.uint8, 1), "maps": (np.float16, 3),
+          "subject_offsets": (np.int64, 1), "subjects": (np.uint8, 1)}
+
+
+class ShardError(ValueError):
+    """A saliency manifest or shard that does not hold what the saliency stage writes; the message names the file."""
 
 
 def _hash(key: bytes) -> np.uint64:
@@ -79,22 +87,19 @@ def write_shard(shards: Path, dataset: str, maps: dict[str, np.ndarray],
     missing = [k for k in pair_maps if k not in pair_subjects]
     if missing:
         raise ValueError(f"saliency shard {dataset}: pair {missing[0]} has a map but no subject phrase")
-    final, tmp = shard_dir(shards, dataset), shards / f".tmp-{dataset}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     images, pairs = list(maps), list(pair_maps)
-    _write_table(tmp, "images", [p.encode() for p in images], [maps[k] for k in images], size)
-    _write_table(tmp, "pairs", [_pair_key(*k) for k in pairs], [pair_maps[k] for k in pairs], size,
-                 [pair_subjects[k] for k in pairs])
-    (tmp / SHARD_FILE).write_text(json.dumps({"map_size": size, "images": len(images), "pairs": len(pairs)}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    with atomic_dir(shard_dir(shards, dataset)) as tmp:
+        _write_table(tmp, "images", [p.encode() for p in images], [maps[k] for k in images], size)
+        _write_table(tmp, "pairs", [_pair_key(*k) for k in pairs], [pair_maps[k] for k in pairs], size,
+                     [pair_subjects[k] for k in pairs])
+        (tmp / SHARD_FILE).write_text(json.dumps({"map_size": size, "images": len(images), "pairs": len(pairs)})
+                                      + "\n")
+    return shard_dir(shards, dataset)
 
 
 def write_subjects(path: Path, pairs: list[tuple[str, str, list[str]]]) -> None:
     """One dataset's `<dataset>.subjects.jsonl`: (text, image path, subject phrases) per pair."""
-    with open(path, "w") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         for text, image, phrases in pairs:
             handle.write(json.dumps({"text": text, "image_path": image, "subjects": phrases}) + "\n")
 
@@ -126,16 +131,54 @@ class _Table:
         if self._open is None:
             searched = self.SEARCHED + (("subject_offsets",) if self.subjects else ())
             read = self.READ + (("subjects",) if self.subjects else ())
+            opened: dict[str, Any] = {"searched": {}, "read": {}}
             try:
-                self._open = {"searched": {f: np.load(self._path(f), mmap_mode="r") for f in searched},
-                              "read": {f: _open_rows(self._path(f)) for f in read}}
-            except (OSError, ValueError) as err:
-                raise ValueError(f"unreadable saliency shard {self.folder}: {err}") from err
+                for field in searched:
+                    opened["searched"][field] = self._searched(field)
+                for field in read:
+                    opened["read"][field] = _open_rows(self._path(field), *FIELDS[field])
+                self._check(opened)
+            except ShardError as err:
+                for fd, *_ in opened["read"].values():
+                    os.close(fd)
+                raise ShardError(f"unreadable saliency shard {self.folder}: {err}") from err
+            self._open = opened
         return self._open
+
+    def _searched(self, field: str) -> np.ndarray:
+        path = self._path(field)
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as err:
+            raise ShardError(f"{path}: {err}") from err
+        if array.dtype != FIELDS[field][0] or array.ndim != 1:
+            raise ShardError(f"{path}: expected a 1-D {np.dtype(FIELDS[field][0])} array, got {array.dtype} of shape "
+                             f"{array.shape}")
+        return array
+
+    def _check(self, opened: dict[str, Any]) -> None:
+        """The row counts and byte lengths the lookups rely on agree across the table's files."""
+        rows = len(opened["searched"]["hash"])
+        shape = opened["read"]["maps"][2]
+        if shape[0] != rows or shape[1] != shape[2]:
+            raise ShardError(f"{self._path('maps')} has shape {shape}, expected ({rows}, S, S) as "
+                             f"{self._path('hash').name} holds {rows} rows")
+        for offsets, data in (("key_offsets", "keys"), ("subject_offsets", "subjects")):
+            if offsets not in opened["searched"]:
+                continue
+            ends = opened["searched"][offsets]
+            length = opened["read"][data][2][0]
+            if len(ends) != rows + 1 or ends[0] != 0 or ends[-1] != length:
+                raise ShardError(f"{self._path(offsets)} ({len(ends)} offsets) does not match "
+                                 f"{self._path('hash').name} ({rows} rows) and {self._path(data).name} "
+                                 f"({length} bytes)")
 
     def _bytes(self, field: str, start: int, stop: int) -> bytes:
         fd, offset, _ = self.files["read"][field]
-        return os.pread(fd, stop - start, offset + start)
+        data = os.pread(fd, max(stop - start, 0), offset + start) if start >= 0 else b""
+        if len(data) != stop - start:
+            raise ShardError(f"{self._path(field)}: cannot read bytes {start}:{stop} (truncated, or corrupt offsets)")
+        return data
 
     def find(self, key: bytes, digest: np.uint64) -> int | None:
         """Row of `key`, or None."""
@@ -155,18 +198,30 @@ class _Table:
 
     def subject(self, row: int) -> str:
         offsets = self.files["searched"]["subject_offsets"]
-        return self._bytes("subjects", int(offsets[row]), int(offsets[row + 1])).decode()
+        data = self._bytes("subjects", int(offsets[row]), int(offsets[row + 1]))
+        try:
+            return data.decode()
+        except UnicodeDecodeError as err:
+            raise ShardError(f"{self._path('subjects')}: row {row} is not UTF-8: {err}") from err
 
 
-def _open_rows(path: Path) -> tuple[int, int, tuple[int, ...]]:
-    """(file descriptor, byte offset of the data, shape) of a C-ordered .npy file, for os.pread."""
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        offset = handle.tell()
-    if fortran or dtype not in (np.dtype(np.uint8), np.dtype(np.float16)):
-        raise ValueError(f"{path}: expected a C-ordered uint8 or float16 array, got {dtype} (fortran={fortran})")
+def _open_rows(path: Path, dtype: type, ndim: int) -> tuple[int, int, tuple[int, ...]]:
+    """(file descriptor, byte offset of the data, shape) of a C-ordered `ndim`-D .npy file of `dtype`, complete,
+    for os.pread."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, found = read_header(handle)
+            offset, size = handle.tell(), os.fstat(handle.fileno()).st_size
+    except (OSError, ValueError, EOFError) as err:
+        raise ShardError(f"{path}: {err}") from err
+    if fortran or found != np.dtype(dtype) or len(shape) != ndim:
+        raise ShardError(f"{path}: expected a C-ordered {ndim}-D {np.dtype(dtype)} array, got {found} of shape "
+                         f"{shape} (fortran={fortran})")
+    if size < offset + int(np.prod(shape)) * found.itemsize:
+        raise ShardError(f"{path}: truncated ({size} bytes, its header announces {shape} {found})")
     return os.open(path, os.O_RDONLY), offset, shape
 
 
@@ -178,7 +233,13 @@ class SaliencyStore:
         manifest_path = saliency_dir / "manifest.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"saliency manifest not found: {manifest_path} (run `ssame saliency`)")
-        self.manifest = json.loads(manifest_path.read_text())
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ShardError(f"{manifest_path}: not valid JSON: {err} (rerun `ssame saliency`)") from err
+        shards = self.manifest.get("shards") if isinstance(self.manifest, dict) else None
+        if not isinstance(shards, list) or not shards or not all(isinstance(s, str) and s for s in shards):
+            raise ShardError(f"{manifest_path}: key 'shards' must list the datasets' shards (rerun `ssame saliency`)")
         self._images: list[_Table] = []
         self._pairs: list[_Table] = []
         for shard in reversed(self.manifest["shards"]):  # a later shard wins a key that two shards hold

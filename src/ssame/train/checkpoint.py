@@ -9,6 +9,7 @@ ignored and replaced. A checkpoint is resumed only under the params it was writt
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,7 @@ def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
 
 def latest(directory: Path) -> Path | None:
     """The newest complete checkpoint folder, or None."""
-    done = [p for p in directory.glob("step*") if (p / TRAINER_FILE).is_file()]
+    done = [p for p in directory.glob("step*") if re.fullmatch(r"step[0-9]+", p.name) and (p / TRAINER_FILE).is_file()]
     return max(done, key=lambda p: int(p.name.removeprefix("step")), default=None)
 
 
@@ -80,16 +81,23 @@ def read(checkpoint: Path, params: dict[str, Any]) -> dict[str, Any]:
     record_path = checkpoint / TRAINER_FILE
     try:
         record = json.loads(record_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"unreadable checkpoint record {record_path}: {err}") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"unreadable checkpoint record {record_path}: expected an object, got {type(record).__name__}")
     advice = f"delete {checkpoint.parent} to train from scratch, or rerun with the checkpoint's params"
-    if "params" not in record:
+    if "params" not in record or "fingerprint" not in record:
         raise ValueError(f"checkpoint {checkpoint} records no params fingerprint (written by an older ssame); "
                          f"{advice}")
     if record["fingerprint"] != fingerprint(params):
         changed = differences(record["params"], params) or ["(fingerprint only)"]
         raise ValueError(f"checkpoint {checkpoint} was written under other params; refusing to resume. Differences: "
                          + "; ".join(changed) + f". {advice}")
+    step, fields = record.get("step"), {"history": (list,), "run_id": (str, type(None)), "seconds": (int, float)}
+    wrong = [k for k, kinds in fields.items() if type(record.get(k, ...)) not in kinds]  # bool is no number here
+    if wrong or type(step) is not int or checkpoint.name != f"step{step}":
+        raise ValueError(f"unreadable checkpoint record {record_path}: key(s) {wrong or ['step']} missing or "
+                         f"malformed (step {step!r} in folder {checkpoint.name}); {advice}")
     return record
 
 

@@ -9,7 +9,6 @@ was written under the same params (`checkpoint.py`). The LR schedule steps once 
 
 from __future__ import annotations
 
-import json
 import resource
 import shutil
 import time
@@ -22,6 +21,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_linear_schedule_with_warmup
 
+from ssame.atomic import write_json
 from ssame.config import Paths, as_params, variant_uses_saliency
 from ssame.data.io import image_root
 from ssame.model import Embedder, InputBuilder, load_backbone
@@ -176,7 +176,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
         if main:
             logger.flush()
             mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-            paths.train_metrics(variant_name, seed).write_text(json.dumps(metrics, indent=2) + "\n")
+            write_json(paths.train_metrics(variant_name, seed), metrics)
             mlflow.log_artifact(str(paths.train_metrics(variant_name, seed)))
             mlflow.log_artifact(str(model_dir / CONFIG_FILE))
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete: its checkpoints are dead weight

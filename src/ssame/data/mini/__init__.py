@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ssame.atomic import write_json
 
 from .. import io
 from .render import render, save_png
@@ -171,7 +172,7 @@ def build_mini(cfg: dict, data_dir: Path, workers: int = 2) -> None:
             for s in DATASETS
         ],
     )
-    (data_dir / "lexicon.json").write_text(json.dumps(lexicon(), indent=2) + "\n")
+    write_json(data_dir / "lexicon.json", lexicon())
     io.write_unreadable(data_dir, {}, {})
     io.write_eval_checks(
         data_dir, {s.name: io.eval_checks(io.read_eval(data_dir, s.name), num_candidates(s, cfg)) for s in DATASETS}

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssame.atomic import atomic_path
+
 from .scene import COLOURS, Obj, Scene
 
 Box = tuple[int, int, int, int]
@@ -120,8 +122,8 @@ def background_box(rng: np.random.Generator, scene: Scene, side: int) -> Box:
 
 
 def save_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", optimize=False, compress_level=6)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=False, compress_level=6)
 
 
 def save_crop(image: Image.Image, box: Box, size: int, path: Path) -> None:
