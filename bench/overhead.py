@@ -18,8 +18,9 @@ scheduling, its shell, output checks and metadata. T_1 alone would charge that o
 Under the SLURM profile each job instead re-runs Snakemake inside its allocation (the jobstep executor re-parses
 the Snakefile, which loads params, and builds the DAG), so there a job pays about a whole invocation: the real
 Snakefile's parse + DAG (`snakemake -n`, (f)) is printed as that extra; sbatch queueing is the cluster's, not ours.
-Overhead per job = Snakemake marginal + (a) + (b) + (c) + (d): the stage's own `ssame` process starts Python,
-imports the CLI, loads params and opens its run, none of which the no-op `touch` jobs of (e) include.
+Overhead per job = Snakemake marginal + 2 × ((a) + (b) + (c)) + (d): each rule runs `ssame launch` (Python start, CLI
+import, params), which starts the stage's own `ssame` process (the same again, then its MLflow run); none of this is
+in the no-op `touch` jobs of (e). Launchers started by `ssame launch` (accelerate, torchrun) are the stage's cost.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main() -> None:
                                         f"params={args.params}"], root, env))
     marginal = (many - one) / (args.jobs - 1)
     mlflow = part["mlflow_import"] + part["mlflow_run"]
+    hop = start + part["cli"] + part["params"]
     print(f"median of {n} repeats; {os.cpu_count()} CPUs visible")
     rows = [
         ("(a) interpreter start (python -c pass)", start, ""),
@@ -122,10 +124,11 @@ def main() -> None:
          f"{part['mlflow_import']:.2f} + {part['mlflow_run']:.2f} s; first job creating the store: {schema:.2f} s"),
         ("(e) snakemake no-op, per job", marginal, f"1 job {one:.2f} s, {args.jobs} jobs {many:.2f} s"),
         ("(f) real Snakefile parse + DAG (-n)", dry, "paid again by each SLURM job"),
+        ("(g) the ssame launch hop: (a) + (b) + (c)", hop, "before the stage's own process"),
     ]
     for label, value, note in rows:
         print(f"{label:<42} {value:6.2f} s" + (f"   ({note})" if note else ""))
-    total = marginal + start + part["cli"] + part["params"] + mlflow
+    total = marginal + 2 * hop + mlflow
     print(f"under SLURM add (f): {total + dry:.2f} s per job, queueing aside")
     print(f"overhead per job: {total:.2f} s (target <= 3 s)")
 

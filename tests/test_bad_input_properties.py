@@ -42,12 +42,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import ssame.train.checkpoint as ckpt
-from ssame.config import ParamsError, as_params, fingerprint, load_params
+from ssame.config import Params, ParamsError, as_params, fingerprint, load_params
 from ssame.data import images, io
 from ssame.data.hub import build_hub
 from ssame.evaluate import rank_rows, rows, unique_inputs
@@ -61,9 +61,12 @@ DEFAULT = load_params(REPO / "params" / "default.yaml").to_dict()
 Case = Callable[..., None]
 
 
-def _run(case: Case, examples: int, *args: Any) -> None:
+def _run(case: Case, examples: int, *args: Any, shrink: bool = True) -> None:
     """`examples` hypothesis examples of `case(data, tmp_dir, *args)`, each in a fresh temporary folder."""
-    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    phases = [phase for phase in Phase if shrink or phase is not Phase.shrink]
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=phases,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def example(data: st.DataObject) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -96,9 +99,11 @@ def _at(node: Any, path: tuple) -> Any:
 
 LEAVES = _leaves(DEFAULT)
 WORD = st.text(string.ascii_letters + "_", min_size=1, max_size=10)
-SCALAR = st.one_of(st.text(string.ascii_letters + string.digits + " _-./", max_size=8), st.integers(),
-                   st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none())
-VALUE = st.one_of(SCALAR, st.lists(st.integers(), max_size=3), st.dictionaries(WORD, st.integers(), max_size=2))
+BY_TYPE = {str: st.text(string.ascii_letters + string.digits + " _-./", max_size=8), int: st.integers(),
+           float: st.floats(allow_nan=False, allow_infinity=False), bool: st.booleans(), type(None): st.none(),
+           list: st.lists(st.integers(), max_size=3), dict: st.dictionaries(WORD, st.integers(), max_size=2)}
+SCALAR = st.one_of([BY_TYPE[t] for t in (str, int, float, bool, type(None))])
+VALUE = st.one_of(list(BY_TYPE.values()))
 
 
 def _params_file(tmp: Path, content: str | bytes) -> Path:
@@ -120,54 +125,58 @@ def _with(path: tuple, value: Any) -> dict:
     return raw
 
 
-def _replaced(tmp: Path, path: tuple, value: Any) -> None:
-    """An error naming `path`, or loaded with exactly `value` there (the schema allows it: nothing coerced)."""
-    file = _params_file(tmp, yaml.safe_dump(_with(path, value)))
+def _named(raw: dict, path: tuple) -> Params | None:
+    """as_params(raw) (what load_params runs on the parsed YAML), or None once its error has named `path`."""
     try:
-        loaded = load_params(file)
+        return as_params(raw)
     except ParamsError as err:
-        assert str(file) in str(err) and f"'{'.'.join(path)}" in str(err), str(err)
-        return
-    got = _at(loaded.to_dict(), path)
-    assert got == value and type(got) is type(value), (path, value, got)
+        assert ".".join(map(str, path)) in str(err), (path, str(err))
+        return None
 
 
 def _numeric(leaf: tuple) -> bool:
     return isinstance(leaf[1], int | float) and not isinstance(leaf[1], bool)
 
 
+def _other_type(value: Any) -> st.SearchStrategy:
+    return st.one_of([strategy for kind, strategy in BY_TYPE.items() if kind is not type(value)])
+
+
+# one example replaces (or deletes) every leaf in turn: each path is tried, not a random few
 def _wrong_type(data: st.DataObject, tmp: Path) -> None:
-    path, value = data.draw(st.sampled_from(LEAVES))
-    _replaced(tmp, path, data.draw(VALUE.filter(lambda v: type(v) is not type(value))))
+    for path, value in LEAVES:
+        new = data.draw(_other_type(value), label=".".join(path))
+        loaded = _named(_with(path, new), path)
+        if loaded is not None:  # the schema allows it: then exactly that value, nothing coerced
+            got = _at(loaded.to_dict(), path)
+            assert got == new and type(got) is type(new), (path, new, got)
 
 
 def _integral_float(data: st.DataObject, tmp: Path) -> None:
-    path, value = data.draw(st.sampled_from([leaf for leaf in LEAVES if _numeric(leaf) and isinstance(leaf[1], int)]))
-    _replaced(tmp, path, float(value))  # 150.0 for 150: refused where the schema says integer
+    for path, _ in [leaf for leaf in LEAVES if _numeric(leaf) and isinstance(leaf[1], int)]:  # all `integer`
+        assert _named(_with(path, float(data.draw(st.integers(0, 10**6)))), path) is None  # 150.0 is no integer
 
 
 def _non_finite(data: st.DataObject, tmp: Path) -> None:
-    path, _ = data.draw(st.sampled_from([leaf for leaf in LEAVES if _numeric(leaf)]))
-    value = data.draw(st.sampled_from([math.nan, math.inf, -math.inf]))
-    _refused(tmp, yaml.safe_dump(_with(path, value)), f"'{'.'.join(path)}'")
+    for path, _ in filter(_numeric, LEAVES):
+        assert _named(_with(path, data.draw(st.sampled_from([math.nan, math.inf, -math.inf]))), path) is None
+
+
+def _missing_key(data: st.DataObject, tmp: Path) -> None:
+    for path, _ in data.draw(st.permutations(LEAVES)):
+        raw = copy.deepcopy(DEFAULT)
+        del _at(raw, path[:-1])[path[-1]]
+        try:
+            loaded = as_params(raw)
+        except ParamsError as err:
+            assert f"'{path[-1]}'" in str(err) and ".".join(path[:-1]) in str(err), str(err)
+            continue
+        _at(loaded, path)  # a schema default filled it
 
 
 def _deep_nesting(data: st.DataObject, tmp: Path) -> None:
     depth, (opening, closing) = data.draw(st.integers(200, 3000)), data.draw(st.sampled_from(["[]", "{}"]))
     _refused(tmp, opening * depth + closing * depth)
-
-
-def _missing_key(data: st.DataObject, tmp: Path) -> None:
-    path, _ = data.draw(st.sampled_from(LEAVES))
-    raw = copy.deepcopy(DEFAULT)
-    del _at(raw, path[:-1])[path[-1]]
-    file = _params_file(tmp, yaml.safe_dump(raw))
-    try:
-        loaded = load_params(file)
-    except ParamsError as err:
-        assert str(path[-1]) in str(err) and ".".join(path[:-1]) in str(err), str(err)
-        return
-    _at(loaded, path)  # a schema default filled it
 
 
 def _duplicate_key(data: st.DataObject, tmp: Path) -> None:
@@ -205,9 +214,13 @@ PARAMS: dict[str, Case] = {
 }
 
 
+PARAMS_EXAMPLES = {"deep_nesting": 4, "wrong_type": 3, "integral_float": 2, "non_finite": 2, "missing_key": 1}
+
+
 @pytest.mark.parametrize("case", list(PARAMS))
 def test_params(case):
-    _run(PARAMS[case], 4 if case == "deep_nesting" else 15)  # a RecursionError takes about a second
+    # a RecursionError takes a second; the loops try every leaf (their messages name it: no shrinking needed)
+    _run(PARAMS[case], PARAMS_EXAMPLES.get(case, 30), shrink=case not in PARAMS_EXAMPLES)
 
 
 # --- hub: ssame.data.hub.build_hub on a local mirror (MMEB-train and MMEB-eval parquets, image zips) --------------
@@ -455,7 +468,7 @@ HUB_CASES: dict[str, Case] = {
 
 @pytest.mark.parametrize("case", list(HUB_CASES))
 def test_hub(case):
-    _run(HUB_CASES[case], 8)
+    _run(HUB_CASES[case], 25)
 
 
 # --- images: the data stage's check, training/evaluation's loader and the saliency stage's reader agree ----------
@@ -520,7 +533,7 @@ def _image_case(data: st.DataObject, root: Path, case: str, tokenizer: Any, imag
 @pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # corrupt EXIF, decompression bomb warnings
 @pytest.mark.parametrize("case", list(IMAGES))
 def test_images(case, tokenizer, tiny_stack):
-    _run(_image_case, 15, case, tokenizer, tiny_stack[1])
+    _run(_image_case, 40, case, tokenizer, tiny_stack[1])
 
 
 # --- stage files: what the data stage writes, as later stages read it ----------------------------------------------
@@ -649,7 +662,7 @@ STAGE_FILES: dict[str, Case] = {
 
 @pytest.mark.parametrize("case", list(STAGE_FILES))
 def test_stage_files(case):
-    _run(STAGE_FILES[case], 15)
+    _run(STAGE_FILES[case], 30)
 
 
 # --- saliency: SaliencyStore over a shard whose files are damaged ----------------------------------------------------
@@ -725,7 +738,7 @@ SALIENCY: dict[str, Case] = {
 
 @pytest.mark.parametrize("case", list(SALIENCY))
 def test_saliency_store(case):
-    _run(SALIENCY[case], 15)
+    _run(SALIENCY[case], 30)
 
 
 # --- checkpoint: the trainer record a resumed run reads ---------------------------------------------------------------
@@ -781,7 +794,7 @@ CHECKPOINT: dict[str, Case] = {
 
 @pytest.mark.parametrize("case", list(CHECKPOINT))
 def test_checkpoint_record(case):
-    _run(CHECKPOINT[case], 15)
+    _run(CHECKPOINT[case], 30)
 
 
 # --- eval rows: which rows are scored, and the scores of those rows ------------------------------------------------
@@ -850,7 +863,7 @@ EVAL_ROWS: dict[str, Case] = {
 
 @pytest.mark.parametrize("case", list(EVAL_ROWS))
 def test_eval_rows(case):
-    _run(EVAL_ROWS[case], 30)
+    _run(EVAL_ROWS[case], 100)
 
 
 INVENTORY = {"params": PARAMS, "hub": HUB_CASES, "images": IMAGES, "stage_files": STAGE_FILES, "saliency": SALIENCY,
