@@ -153,3 +153,33 @@ def test_bad_source(tmp_path):
     params["data"]["source"] = "web"
     with pytest.raises(ParamsError, match=r"data\.source"):
         build(params)
+
+
+@pytest.fixture(scope="module")
+def blind_data(tmp_path_factory):
+    """More eval queries, so a hit rate can be compared with chance."""
+    root = tmp_path_factory.mktemp("blind")
+    build(_params(root, train_rows_per_dataset=2, eval_queries_per_dataset=150))
+    return root / "data"
+
+
+def test_an_image_blind_model_sits_at_chance(blind_data):
+    """A scorer that ignores the image and ranks text candidates by a fixed preference for words must get about
+    1/candidates. (MiniI2T's old near-miss negatives, each the ground truth with one attribute changed, put the ground
+    truth at the centre of its candidates: such a scorer got 0.9 % there against 6.25 % chance.)"""
+    manifest = io.read_manifest(blind_data)
+    checked = 0
+    for row in manifest.itertuples():
+        frame = io.read_eval(blind_data, row.dataset)
+        if any(path for paths in frame["tgt_img_path"] for path in paths):
+            continue  # image candidates: the scorer has nothing to rank by
+        words = sorted({w for texts in frame["tgt_text"] for t in texts for w in t.split()})
+        hits = []
+        for prior in range(40):
+            pref = dict(zip(words, np.random.default_rng(prior).normal(size=len(words)), strict=True))
+            scores = [[sum(pref[w] for w in t.split()) for t in texts] for texts in frame["tgt_text"]]
+            hits.append(np.mean([np.argmax(s) == 0 for s in scores]))
+        blind, chance = float(np.mean(hits)), 1 / row.num_candidates
+        assert 0.5 * chance < blind < 2 * chance, f"{row.dataset}: blind hit@1 {blind:.3f}, chance {chance:.3f}"
+        checked += 1
+    assert checked >= 6  # every text-candidate dataset: classification, VQA, i2t

@@ -53,7 +53,8 @@ DATASETS = (
         IND,
         "caption -> image; negatives hold the object as a distractor",
     ),
-    Spec("MiniI2T", "retrieval", "IND", "i2t", IND, "image -> caption; negatives describe its distractors"),
+    Spec("MiniI2T", "retrieval", "IND", "i2t", IND,
+         "image -> caption; negatives describe its distractors, then other images' subjects"),
     Spec("MiniGround", "grounding", "IND", "ground", IND, "referring phrase -> crop of the subject"),
     Spec(
         "MiniNovelShapeCls",

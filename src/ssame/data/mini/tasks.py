@@ -141,20 +141,17 @@ def t2i(ctx: Context, i: int, n: int) -> Example:
 
 
 def i2t(ctx: Context, i: int, n: int) -> Example:
-    """Image -> captions; negatives describe its distractors or change one, then two, subject attributes."""
+    """Image -> captions; negatives describe its distractors (objects in the image), then other images' subjects.
+
+    As in MMEB's i2t sets, the other negatives are captions drawn like the ground truth, so a model blind to the image
+    sits at chance. (Near misses built around the ground truth, one attribute changed, would put it at the centre of
+    its candidates: any image-blind word preference then ranks a near miss first, far below chance.)
+    """
     subj = ctx.scenes[i].subject
     hard = [caption(d) for d in _by_relation(ctx.scenes[i], "same_colour", "same_shape", "other")]
-    variants: tuple[list[str], list[str]] = ([], [])
-    for shape in SHAPES:
-        for colour in COLOURS:
-            if (shape, colour) not in ctx.combos:
-                continue
-            for position in POSITIONS:
-                changed = (shape != subj.shape) + (colour != subj.colour) + (position != subj.position)
-                if changed in (1, 2):
-                    variants[changed - 1].append(_describe(colour, shape, position))
-    singles = [variants[0][k] for k in ctx.rng.permutation(len(variants[0]))]
-    captions = _ordered(caption(subj), hard + singles, variants[1], ctx.rng, n)
+    others = [caption(ctx.scenes[j].subject) for j in ctx.rng.permutation(len(ctx.scenes))]
+    pool = [_describe(c, s, p) for s, c in sorted(ctx.combos) for p in POSITIONS]  # when the split has few images
+    captions = _ordered(caption(subj), hard + others, pool, ctx.rng, n)
     query = format_v1("Find an image caption describing the given image", image=True)
     return query, ctx.paths[i], [(c, "") for c in captions]
 
