@@ -6,6 +6,7 @@
 # Every rule is a thin `ssame <stage>` call; all logic lives in src/ssame.
 from snakemake.utils import min_version
 
+from ssame.cli import STAGES
 from ssame.config import job_resources, job_threads, load_params, variant_uses_saliency
 
 min_version("9.0")
@@ -19,7 +20,7 @@ REPORTS = P["reports_dir"]
 VARIANTS = P["train"]["variants"]
 SEEDS = P["train"]["seeds"]
 # Per rule: threads, resources (mem_mb, runtime, gpu per node, nodes) and retries, from params `resources`.
-THREADS = {rule: job_threads(P, rule) for rule in ("mirror", "data", "saliency", "train", "evaluate", "report")}
+THREADS = {rule: job_threads(P, rule) for rule in STAGES}  # one rule per stage
 RESOURCES = {rule: job_resources(P, rule) for rule in THREADS}
 RETRIES = P["resources"]["retries"]
 BENCH = f"{R}/benchmarks"  # Snakemake's benchmark files: each job's wall time, memory and I/O

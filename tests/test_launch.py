@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -116,4 +115,6 @@ def test_cli_routes_launch(repo):
     out = subprocess.run([sys.executable, "-m", "ssame", "launch", "train", "--gpus", "1"], capture_output=True,
                          text=True, cwd=repo)
     assert out.returncode == 2 and "--variant" in out.stderr  # the stage's own arguments are checked up front
-    assert Path(repo / "params" / "default.yaml").exists()
+    usage = subprocess.run([sys.executable, "-m", "ssame", "launch", "--help"], capture_output=True, text=True,
+                           cwd=repo)
+    assert usage.returncode == 0 and "{mirror,data,saliency,train,evaluate,report}" in usage.stdout

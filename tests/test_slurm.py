@@ -85,12 +85,13 @@ def _set_resources(repo: Path, extra: list[str]) -> list[str]:
 
 @pytest.mark.e2e
 def test_rehearsal_through_slurm_trains_on_two_nodes(cluster, repo):
-    """mirror (local) -> data -> saliency -> train on 2 'nodes' x 1 'GPU' -> evaluate, every job through sbatch."""
+    """mirror (local) -> data -> saliency -> train on 2 'nodes' x 1 'GPU' -> evaluate sharded over 2 'GPUs', every
+    job through sbatch."""
     root, env = cluster
     target = "results-rehearsal/eval/ssame/seed0/aggregate.json"
     _snakemake(root, env, "--config", "params=params/rehearsal.yaml", "--slurm-init-seconds-before-status-checks",
                "1", "--latency-wait", "5", "--set-resources",
-               *_set_resources(repo, ["train:gpu=1", "train:nodes=2"]), "--", target)
+               *_set_resources(repo, ["train:gpu=1", "train:nodes=2", "evaluate:gpu=2"]), "--", target)
     assert len(json.loads((root / target).read_text())["per_dataset"]) == 36
     calls = [json.loads(line) for line in (root / "slurm-state" / "calls.jsonl").read_text().splitlines()]
     submitted = {re.search(r"--comment rule_([a-z]+)", " ".join(c["args"])).group(1): " ".join(c["args"])
@@ -106,8 +107,12 @@ def test_rehearsal_through_slurm_trains_on_two_nodes(cluster, repo):
     per_node = [c for c in calls if c["command"] == "srun" and "--overlap" in c["args"]]
     assert len(per_node) == 1 and per_node[0]["tasks"] == 2 and per_node[0]["nodes"] == 2
     log = (root / "results-rehearsal" / "logs" / "train" / "ssame" / "seed0.log").read_text()
-    launches = re.findall(r"accelerate\.commands\.launch .*--num_machines 2 --machine_rank (\d) "
+    launches = re.findall(r"accelerate\.commands\.launch .*?--num_machines 2 --machine_rank (\d) "
                           r"--main_process_ip localhost --main_process_port (\d+)", log)
     assert sorted(rank for rank, _ in launches) == ["0", "1"] and len({port for _, port in launches}) == 1
     assert "processes: 2" in log
+    evaluation = (root / "results-rehearsal" / "logs" / "evaluate" / "ssame" / "seed0.log").read_text()
+    assert re.search(r"CUDA_VISIBLE_DEVICES='0,1': \S+ -m torch\.distributed\.run --nnodes 1 --nproc_per_node 2",
+                     evaluation), evaluation[-2000:]
+    assert "--gpus=2" in submitted["evaluate"]
     assert (root / "results-rehearsal" / "benchmarks" / "train" / "ssame" / "seed0.tsv").stat().st_size > 0

@@ -17,7 +17,8 @@ import sys
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
-from ssame.config import ParamsError, launch_processes, load_params
+from ssame.cli import STAGES
+from ssame.config import LAUNCHED_RULES, ParamsError, launch_processes, load_params
 from ssame.launch import slurm
 from ssame.launch.devices import BASE_PORT, LaunchError, claim_devices, claim_port, visible_devices
 
@@ -51,7 +52,7 @@ def command(stage: str, stage_args: list[str], plan: Plan, accelerate_config: st
 def _processes(stage: str, gpus: int, accelerate_config: str) -> int:
     """Processes per node: one per GPU; without GPUs the accelerate config's count (train) or one."""
     if gpus:
-        return gpus if stage in ("train", "evaluate") else 1
+        return gpus if stage in LAUNCHED_RULES else 1
     return launch_processes(accelerate_config) if stage == "train" else 1
 
 
@@ -60,7 +61,9 @@ def _run(cmd: list[str], devices: list[str] | None) -> int:
     env = dict(os.environ)
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    print(f"ssame launch: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}: {' '.join(cmd)}", flush=True)
+    # one write per line: the per-node launchers of one job share its log (print may write the newline apart)
+    sys.stdout.write(f"ssame launch: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}: {' '.join(cmd)}\n")
+    sys.stdout.flush()
     child = subprocess.Popen(cmd, env=env)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
@@ -96,7 +99,7 @@ def launch(stage: str, stage_args: list[str], gpus: int, nodes: int, on_node: bo
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ssame launch", description=__doc__.split("\n\n")[0])
-    top.add_argument("stage", choices=["mirror", "data", "saliency", "train", "evaluate", "report"])
+    top.add_argument("stage", choices=list(STAGES))
     top.add_argument("--gpus", type=int, default=0, help="GPUs per node (the rule's resources.gpu)")
     top.add_argument("--nodes", type=int, default=1, help="nodes (the rule's resources.nodes; >1 under SLURM)")
     top.add_argument("--on-node", action="store_true", help=argparse.SUPPRESS)  # set by the per-node srun
