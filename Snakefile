@@ -1,4 +1,4 @@
-# SSA-ME reproduction: params -> data -> saliency -> train -> evaluate -> report.
+# SSA-ME reproduction: params -> data -> (pretrain) -> saliency -> train -> evaluate -> report.
 #   snakemake --cores all                                        (embedded offline default)
 #   snakemake --cores all --config params=params/paper.yaml       (paper profile)
 #   snakemake --cores all --config params=params/rehearsal.yaml   (the paper profile rehearsed on a CPU)
@@ -7,7 +7,7 @@
 from snakemake.utils import min_version
 
 from ssame.cli import STAGES
-from ssame.config import job_resources, job_threads, load_params, variant_uses_saliency
+from ssame.config import job_resources, job_threads, load_params, uses_pretrain, variant_uses_saliency
 
 min_version("9.0")
 
@@ -35,6 +35,11 @@ def mirror_if_rehearsal(wildcards):
     return rules.mirror.output.done if P["mirror"] else []
 
 
+def pretrained_if_used(wildcards):
+    """The pretrained tiny backbone every training job starts from, or [] (random init, or a hub backbone)."""
+    return rules.pretrain.output.model if uses_pretrain(P) else []
+
+
 def saliency_if_used(wildcards):
     """The saliency manifest for variants that read it; [] lets baseline jobs start while saliency runs."""
     return rules.saliency.output.manifest if variant_uses_saliency(P["variants"][wildcards.variant]) else []
@@ -43,6 +48,8 @@ def saliency_if_used(wildcards):
 if P["mirror"]:
     include: "workflow/rules/mirror.smk"
 include: "workflow/rules/data.smk"
+if uses_pretrain(P):
+    include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/saliency.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

@@ -66,8 +66,9 @@ def image_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_built(tmp_path_factory, default_params) -> dict:
-    """Params of a very small MMEB-mini whose data and saliency stages have run (shared; deep-copy to modify)."""
-    from ssame import data, saliency
+    """Params of a very small MMEB-mini whose data, pretrain and saliency stages have run (shared; deep-copy to
+    modify)."""
+    from ssame import data, pretrain, saliency
 
     params = copy.deepcopy(default_params)
     root = tmp_path_factory.mktemp("small")
@@ -76,6 +77,8 @@ def small_built(tmp_path_factory, default_params) -> dict:
     params["data"]["mini"].update(train_rows_per_dataset=8, eval_queries_per_dataset=4)
     params["data"]["tokenizer"]["vocab_size"] = 320
     params["train"].update(steps=3, batch_size=8, warmup_steps=1, checkpoint_every=None)
+    params["pretrain"].update(steps=2, scenes=4, batch_size=4, warmup_steps=1, probe_scenes=2)
     data.build(params)
+    pretrain.build(params)
     saliency.build(params)
     return params

@@ -274,8 +274,8 @@ def test_eval_texts_are_not_truncated_and_mmeb_mini_texts_fit_anyway(trained):
 
 @pytest.mark.parametrize("change, message", [
     ({"image_pixels": 4096}, r"min/max pixels \(9216, 9216\), params model give 4096"),
-    ({"image_resize": "square", "image_side": 64}, r"params model give 4096"),
-    ({"mrope": "vlm2vec_1d"}, "trained with mrope 'grouped'"),
+    ({"image_resize": "square", "image_side": 48}, r"params model give 2304"),
+    ({"mrope": "grouped"}, "trained with mrope 'vlm2vec_1d'"),
 ])
 def test_evaluation_refuses_a_model_trained_with_other_image_or_position_settings(trained, change, message):
     params = copy.deepcopy(trained)

@@ -37,7 +37,7 @@ def test_paper_images_are_1344_square_2304_tokens(repo):
 
 def test_default_profile_keeps_the_miniature(default_params):
     model = default_params["model"]
-    assert model["image_resize"] == "pixels" and model["mrope"] == "grouped"
+    assert model["image_resize"] == "pixels" and model["mrope"] == "vlm2vec_1d"
     assert square_side(model) is None and pixel_budget(model) == 96 * 96
     assert image_processor_for(default_params).size["longest_edge"] == 96 * 96
     assert default_params["evaluate"]["max_text_tokens"] is None  # its texts fit (tests/test_evaluate.py)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from transformers import Qwen2VLForConditionalGeneration
 
+from ssame.config import load_params
 from ssame.model import InputBuilder
+
+# The default tiny backbone's merged grid of a 96 x 96 image: 96 / (patch_size x spatial_merge_size) per side.
+_VISION = load_params(Path(__file__).parents[1] / "params" / "default.yaml")["model"]["tiny"]["vision"]
+SIDE = 96 // (_VISION["patch_size"] * _VISION["spatial_merge_size"])
+TOKENS = SIDE * SIDE
 
 
 @pytest.fixture
@@ -27,10 +35,10 @@ def test_placeholder_replaced_in_place_without_markers(builder, tokenizer):
     pad = builder.image_token_id
     batch = builder(["a red <|image_1|>\nwhat colour?", "a red square", "", "left"],
                     ["img0.png", "", "img1.png", "img2.png"])
-    assert _row(batch, 0) == _ids(tokenizer, "a red ") + [pad] * 36 + _ids(tokenizer, "\nwhat colour?")
+    assert _row(batch, 0) == _ids(tokenizer, "a red ") + [pad] * TOKENS + _ids(tokenizer, "\nwhat colour?")
     assert _row(batch, 1) == _ids(tokenizer, "a red square")
-    assert _row(batch, 2) == [pad] * 36  # a bare image: the image token alone
-    assert _row(batch, 3) == [pad] * 36 + _ids(tokenizer, "left")  # no placeholder: the image comes first
+    assert _row(batch, 2) == [pad] * TOKENS  # a bare image: the image token alone
+    assert _row(batch, 3) == [pad] * TOKENS + _ids(tokenizer, "left")  # no placeholder: the image comes first
     markers = tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>"])
     assert not torch.isin(batch.inputs["input_ids"], torch.tensor(markers)).any()
 
@@ -42,7 +50,7 @@ def test_truncation_spares_image_tokens_and_fills_text_before_first(tokenizer, t
     for budget in (3, len(head) + 2):
         batch = InputBuilder(tokenizer, tiny_stack[1], image_dir, budget)([f"{before}<|image_1|>{after}"], ["img0.png"])
         kept = head[:budget]
-        assert _row(batch, 0) == kept + [pad] * 36 + tail[: budget - len(kept)]
+        assert _row(batch, 0) == kept + [pad] * TOKENS + tail[: budget - len(kept)]
 
 
 def test_more_than_one_placeholder_is_rejected(builder):
@@ -62,12 +70,12 @@ def test_visual_tokens_get_grid_positions(builder, tiny_stack):
     pos = seen["pos"][:, 0]  # (temporal, height, width) of row 0, the longer one (no padding)
     visual = batch.inputs["mm_token_type_ids"][0].bool()
     start = int(visual.nonzero().min())  # the image's first position follows the text before it
-    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
-    assert torch.equal(pos[0][visual], torch.full((36,), start))
+    rows, cols = torch.meshgrid(torch.arange(SIDE), torch.arange(SIDE), indexing="ij")
+    assert torch.equal(pos[0][visual], torch.full((TOKENS,), start))
     assert torch.equal(pos[1][visual], start + rows.flatten())
     assert torch.equal(pos[2][visual], start + cols.flatten())
     after = pos[:, visual.nonzero().max() + 1:]
-    assert torch.equal(after, (start + 6 + torch.arange(after.shape[1])).expand(3, -1))
+    assert torch.equal(after, (start + SIDE + torch.arange(after.shape[1])).expand(3, -1))
 
 
 def test_no_truncation_keeps_every_text_token(tokenizer, tiny_stack, image_dir):
@@ -76,7 +84,7 @@ def test_no_truncation_keeps_every_text_token(tokenizer, tiny_stack, image_dir):
     batch = InputBuilder(tokenizer, tiny_stack[1], image_dir, None)([f"{before}<|image_1|>{after}", after],
                                                                      ["img0.png", ""])
     pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert _row(batch, 0) == _ids(tokenizer, before) + [pad] * 36 + _ids(tokenizer, after)
+    assert _row(batch, 0) == _ids(tokenizer, before) + [pad] * TOKENS + _ids(tokenizer, after)
     assert _row(batch, 1) == _ids(tokenizer, after)
 
 
@@ -87,7 +95,7 @@ def test_tokens_match_the_whole_string_as_vlm2vec_tokenises_it(tokenizer, tiny_s
              "Find me an everyday image that matches the given caption: a red square.\n",
              "<|image_1|>\nFind a Wikipedia image that answers this question: why?\n"]
     batch = InputBuilder(tokenizer, tiny_stack[1], image_dir, None)(texts, ["img0.png", "", ""])
-    for row, (text, pads) in enumerate(zip(texts, [36, 0, 1], strict=True)):
+    for row, (text, pads) in enumerate(zip(texts, [TOKENS, 0, 1], strict=True)):
         expanded = text.replace("<|image_1|>", "<|image_pad|>" * max(pads, 1))
         assert _row(batch, row) == _ids(tokenizer, expanded)
         assert _row(batch, row)[-1] == _ids(tokenizer, text.split(" ")[-1])[-1]
@@ -108,13 +116,13 @@ def test_square_resize_as_vlm2vec(tokenizer, default_params, tmp_path):
     params = default_params.to_dict()
     params["model"].update(image_resize="square", image_side=96)
     square = _square_tensors(tokenizer, image_processor_for(params), tmp_path, 96)
-    assert square.grids == [(6, 6)]
+    assert square.grids == [(SIDE, SIDE)]
     resized = Image.open(tmp_path / "img.png").resize((96, 96)).convert("RGB")
     expected = image_processor_for(params)(images=[resized], return_tensors="pt")
     assert torch.equal(square.inputs["pixel_values"], expected["pixel_values"])
     pixels = InputBuilder(tokenizer, image_processor_for(default_params), tmp_path, 16)(["<|image_1|> x"], ["img.png"])
     assert pixels.grids != square.grids  # the pixel budget keeps the aspect ratio
-    with pytest.raises(ValueError, match="multiple of patch_size x merge_size = 16"):
+    with pytest.raises(ValueError, match=f"multiple of patch_size x merge_size = {96 // SIDE}"):
         _square_tensors(tokenizer, image_processor_for(params), tmp_path, 100)
     with pytest.raises(ValueError, match="resized again"):
         _square_tensors(tokenizer, image_processor_for(params), tmp_path, 128)  # processor budget is 96²

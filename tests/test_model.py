@@ -1,14 +1,22 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from transformers import Qwen2VLForConditionalGeneration
 
+from ssame.config import load_params
 from ssame.model import Embedder, InputBuilder
 from ssame.model.backbone import tiny_config
 from ssame.model.inputs import ImageDecodeError
 
 TEXTS = ["<|image_1|> Represent the given image.", "a red square", "<|image_1|> what colour is the square?"]
 IMAGES = ["img0.png", "", "img1.png"]
+
+# The default tiny backbone's merged grid of a 96 x 96 image: 96 / (patch_size x spatial_merge_size) per side.
+_VISION = load_params(Path(__file__).parents[1] / "params" / "default.yaml")["model"]["tiny"]["vision"]
+SIDE = 96 // (_VISION["patch_size"] * _VISION["spatial_merge_size"])
+TOKENS = SIDE * SIDE
 
 
 class FakeStore:
@@ -34,8 +42,8 @@ def test_inputs_expand_one_pad_per_merged_token(builder, tokenizer):
     batch = builder(TEXTS, IMAGES)
     pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     per_row = (batch.inputs["input_ids"] == pad_id).sum(1).tolist()
-    assert batch.grids == [(6, 6), (6, 6)]
-    assert per_row == [36, 0, 36] and batch.image_rows == [0, 2]
+    assert batch.grids == [(SIDE, SIDE), (SIDE, SIDE)]
+    assert per_row == [TOKENS, 0, TOKENS] and batch.image_rows == [0, 2]
     assert torch.equal(batch.inputs["mm_token_type_ids"].bool(), batch.inputs["input_ids"] == pad_id)
     assert batch.saliency is None
 
@@ -64,7 +72,7 @@ def test_embeddings_unit_norm_and_attention_on_visual_tokens(builder, tiny_stack
     out = _embedder(tiny_stack)(builder(TEXTS, IMAGES), with_attention=True)
     assert out.embeddings.shape == (3, tiny_stack[0].text_config.hidden_size)
     assert torch.allclose(out.embeddings.norm(dim=-1), torch.ones(3), atol=1e-5)
-    assert [a.shape[0] for a in out.visual_attention] == [36, 36]
+    assert [a.shape[0] for a in out.visual_attention] == [TOKENS, TOKENS]
     assert all(0 < a.sum() <= 1 + 1e-5 for a in out.visual_attention)
 
 
@@ -178,7 +186,7 @@ def test_placeholder_without_image_is_a_literal_text_token_in_a_mixed_batch(buil
     assert (batch.inputs["input_ids"][0] == pad).sum() == 1 and not batch.inputs["mm_token_type_ids"][0].any()
     for mrope in ("grouped", "vlm2vec_1d"):
         out = _embedder(tiny_stack, mrope=mrope)(batch, with_attention=True)
-        assert torch.isfinite(out.embeddings).all() and [a.shape[0] for a in out.visual_attention] == [36]
+        assert torch.isfinite(out.embeddings).all() and [a.shape[0] for a in out.visual_attention] == [TOKENS]
 
 
 def test_mrope_is_recorded_with_the_model(tmp_path, tiny_stack, tokenizer):

@@ -23,6 +23,8 @@ from ssame.report.tables import (
     SCORE_COLUMNS,
     SUMMARY_LABEL,
     benchmark_label,
+    ci_table,
+    significance_table,
 )
 from ssame.saliency.store import write_shard, write_subjects
 
@@ -166,6 +168,11 @@ def test_single_seed_std_is_zero(params: dict) -> None:
     ablation = pd.read_csv(Path(params["reports_dir"]) / "tables" / "ablation.csv", dtype=str)
     summary = ablation[ablation["seed"] == SUMMARY_LABEL]
     assert summary["overall"].str.endswith(" ± 0.0").all()
+    ci = pd.read_csv(Path(params["reports_dir"]) / "tables" / "ci.csv").dropna(subset=["hit_at_1"])
+    significance = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
+    assert (ci["seed_sd"] == 0).all() and (ci["seed_min"] == ci["seed_max"]).all()
+    assert (significance["seed_delta_sd"] == 0).all()
+    assert (significance["seed_delta_min"] == significance["seed_delta_max"]).all()
 
 
 def test_saliency_quality_table_and_method_figures(params: dict) -> None:
@@ -236,7 +243,8 @@ def _manifest() -> pd.DataFrame:
 def test_ci_table_uses_seed_mean_hits(params: dict) -> None:
     build(params)
     table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "ci.csv")
-    assert list(table.columns) == ["method", "aggregate", "hit_at_1", "ci95_lo", "ci95_hi"]
+    assert list(table.columns) == ["method", "aggregate", "hit_at_1", "ci95_lo", "ci95_hi", "seed_sd", "seed_min",
+                                   "seed_max"]
     assert len(table) == len(VARIANTS) * len(SCORE_COLUMNS)
     for variant in VARIANTS:
         hits = _seed_mean_hits(variant)
@@ -244,9 +252,13 @@ def test_ci_table_uses_seed_mean_hits(params: dict) -> None:
         ci = bootstrap_aggregates(hits, _manifest(), BOOTSTRAP["samples"], BOOTSTRAP["seed"])
         rows = table[table["method"] == variant].set_index("aggregate")
         for key in SCORE_COLUMNS:
-            if ci[key] is None:
+            if ci[key] is None:  # grounding: no dataset, though the fixture's aggregate files give it a score
                 assert rows.loc[key, ["hit_at_1", "ci95_lo", "ci95_hi"]].isna().all() and np.isnan(point[key])
+                assert rows.loc[key, ["seed_sd", "seed_min", "seed_max"]].isna().all()
                 continue
+            per_seed = [100 * _scores(variant, seed)[key] for seed in SEEDS]
+            assert rows.loc[key, "seed_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+            assert rows.loc[key, ["seed_min", "seed_max"]].tolist() == pytest.approx([min(per_seed), max(per_seed)])
             assert rows.loc[key, "hit_at_1"] == pytest.approx(100 * point[key])
             assert rows.loc[key, ["ci95_lo", "ci95_hi"]].tolist() == pytest.approx([100 * v for v in ci[key]])
             assert rows.loc[key, "ci95_lo"] <= rows.loc[key, "hit_at_1"] <= rows.loc[key, "ci95_hi"]
@@ -255,7 +267,8 @@ def test_ci_table_uses_seed_mean_hits(params: dict) -> None:
 def test_significance_table_pairs_every_variant_once(params: dict) -> None:
     build(params)
     table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
-    assert list(table.columns) == ["a", "b", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value"]
+    assert list(table.columns) == ["a", "b", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value", "seed_delta_sd",
+                                   "seed_delta_min", "seed_delta_max"]
     a, b = VARIANTS[1], VARIANTS[0]
     assert set(zip(table["a"], table["b"], strict=True)) == {(a, b)}
     assert table["aggregate"].tolist() == [k for k in SCORE_COLUMNS if k != "grounding"]  # no grounding dataset
@@ -267,6 +280,9 @@ def test_significance_table_pairs_every_variant_once(params: dict) -> None:
         assert [row.ci95_lo, row.ci95_hi] == pytest.approx([100 * v for v in expected[row.aggregate]["ci95"]])
         assert row.p_value == pytest.approx(expected[row.aggregate]["p_value"])
         assert 1 / (BOOTSTRAP["samples"] + 1) <= row.p_value <= 1
+        per_seed = [100 * (_scores(a, seed)[row.aggregate] - _scores(b, seed)[row.aggregate]) for seed in SEEDS]
+        assert row.seed_delta_sd == pytest.approx(np.std(per_seed, ddof=1))
+        assert [row.seed_delta_min, row.seed_delta_max] == pytest.approx([min(per_seed), max(per_seed)])
 
 
 def test_identical_variants_are_not_significant(params: dict) -> None:
@@ -278,6 +294,59 @@ def test_identical_variants_are_not_significant(params: dict) -> None:
            "variants": {**params["variants"], "copy": params["variants"][VARIANTS[0]]}})
     table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
     assert (table["delta"] == 0).all() and (table["p_value"] == 1).all()
+    assert (table[["seed_delta_sd", "seed_delta_min", "seed_delta_max"]] == 0).all(axis=None)
+
+
+def _score_frame(rows: list[tuple[str, int, dict[str, float]]]) -> pd.DataFrame:
+    """`load_aggregates`' scores from (variant, seed, fractions) rows; a group not given scores 0.5."""
+    return pd.DataFrame([{"variant": variant, "seed": seed, **dict.fromkeys(SCORE_COLUMNS, 0.5), **values}
+                         for variant, seed, values in rows])
+
+
+def _unit_hits(variants: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    return {variant: {name: np.array([1.0, 0.0, 0.5, 1.0]) for name in DATASETS} for variant in variants}
+
+
+def test_ci_table_seed_spread_by_hand() -> None:
+    nan = float("nan")
+    scores = _score_frame([("baseline", 2, {"overall": 0.8, "grounding": nan}),
+                           ("baseline", 0, {"overall": 0.5, "grounding": nan}),
+                           ("baseline", 1, {"overall": 0.6, "grounding": nan}),
+                           ("ssame", 0, {"overall": 0.7, "grounding": 0.3})])
+    table = ci_table(_unit_hits(VARIANTS), scores, _manifest(), 50, 0).set_index(["method", "aggregate"])
+    spread = ["seed_sd", "seed_min", "seed_max"]
+    # 50, 60, 80: mean 190/3, squared deviations sum to 1400/3, over n - 1 = 2
+    assert table.loc[("baseline", "overall"), spread].tolist() == pytest.approx([np.sqrt(700 / 3), 50, 80])
+    assert table.loc[("baseline", "vqa"), spread].tolist() == pytest.approx([0, 50, 50])
+    assert table.loc[("ssame", "overall"), spread].tolist() == pytest.approx([0, 70, 70])  # one seed: sd 0.0
+    assert table.loc[("ssame", "overall"), "seed_sd"] == 0.0
+    for variant in VARIANTS:  # no grounding dataset in the manifest: NaN, whatever the scores say
+        assert table.loc[(variant, "grounding"), spread].isna().all()
+
+
+def test_significance_table_seed_deltas_pair_seeds_by_hand() -> None:
+    nan = float("nan")
+    rows = [("baseline", 1, {"overall": 0.2, "retrieval": nan}), ("baseline", 0, {"overall": 0.4, "retrieval": nan}),
+            ("ssame", 0, {"overall": 0.5, "retrieval": nan}), ("ssame", 1, {"overall": 0.7, "retrieval": nan})]
+    columns = ["seed_delta_sd", "seed_delta_min", "seed_delta_max"]
+    table = significance_table(_unit_hits(VARIANTS), _score_frame(rows), _manifest(), 50, 0).set_index("aggregate")
+    assert (table["a"] == "ssame").all() and (table["b"] == "baseline").all()
+    # seed 0: 50 − 40 = 10, seed 1: 70 − 20 = 50 (by position it would be 30 and 30)
+    assert table.loc["overall", columns].tolist() == pytest.approx([np.sqrt(800), 10, 50])
+    assert table.loc["vqa", columns].tolist() == pytest.approx([0, 0, 0])
+    assert table.loc["retrieval", columns].isna().all()  # the files report no retrieval score
+    one_seed = [row for row in rows if row[1] == 0]
+    table = significance_table(_unit_hits(VARIANTS), _score_frame(one_seed), _manifest(), 50, 0)
+    assert table.set_index("aggregate").loc["overall", columns].tolist() == pytest.approx([0, 10, 10])
+    assert table.set_index("aggregate").loc["overall", "seed_delta_sd"] == 0.0
+
+
+def test_seed_spread_needs_every_variant_and_matching_seeds() -> None:
+    scores = _score_frame([("baseline", 0, {}), ("ssame", 1, {})])
+    with pytest.raises(ValueError, match=r"seeds differ.*'ssame' has \[1\], 'baseline' \[0\]"):
+        significance_table(_unit_hits(VARIANTS), scores, _manifest(), 50, 0)
+    with pytest.raises(KeyError, match="no per-seed scores for variant 'other'"):
+        ci_table(_unit_hits(["other"]), scores, _manifest(), 50, 0)
 
 
 def test_published_table_rows_and_benchmark(params: dict) -> None:

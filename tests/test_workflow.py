@@ -28,6 +28,7 @@ def _small(params: dict) -> dict:
     assert params["train"]["variants"] == VARIANTS
     params["train"].update(seeds=[0], steps=12, batch_size=8, warmup_steps=2)
     params["saliency"]["quality"]["samples_per_dataset"] = 6
+    params["pretrain"].update(steps=4, scenes=8, batch_size=8, warmup_steps=1, probe_scenes=2)
     return params
 
 
@@ -93,7 +94,7 @@ def test_mlflow_runs_logged(project, first_run):
     mlflow.set_tracking_uri(resolve_uri(yaml.safe_load((project / "params" / "default.yaml").read_text()), project))
     runs = mlflow.search_runs(experiment_names=["ssame-default"])
     assert sorted(runs["tags.mlflow.runName"]) == sorted(
-        f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)
+        ["pretrain", *(f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)])
     assert runs["metrics.overall"].dropna().between(0, 1).all()
     for run_id in runs["run_id"]:
         assert mlflow.artifacts.list_artifacts(run_id=run_id), f"run {run_id} logged no artifact"

@@ -12,6 +12,7 @@ from ssame.config import ParamsError, load_params
 STAGES: dict[str, str] = {
     "mirror": "rehearsal only: write a local stand-in for the hub (MMEB repos and tiny models) under mirror.dir",
     "data": "build the benchmark (MMEB-mini, or MMEB from the hub) and the offline tokenizer",
+    "pretrain": "tiny backbone only: next-token pretraining on scene captions and answers, before fine-tuning",
     "saliency": "saliency maps for every image and subject phrases for every text",
     "train": "train one (variant, seed); run it under `accelerate launch -m ssame train ...`",
     "evaluate": "MMEB protocol hit@1 of one trained (variant, seed)",
@@ -26,6 +27,8 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
         from ssame.rehearsal.stage import build
     elif stage == "data":
         from ssame.data import build
+    elif stage == "pretrain":
+        from ssame.pretrain import build
     elif stage == "saliency":
         from ssame.saliency import build
     elif stage == "report":

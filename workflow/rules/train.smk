@@ -3,6 +3,7 @@
 rule train:
     input:
         data=rules.data.output.manifest,
+        pretrained=pretrained_if_used,
         saliency=saliency_if_used,
     output:
         model=directory(f"{R}/train/{{variant}}/seed{{seed}}/model"),
@@ -10,6 +11,7 @@ rule train:
     params:
         model=P["model"],
         train={k: v for k, v in P["train"].items() if k not in ("variants", "seeds")},
+        pretrain=P["pretrain"] if uses_pretrain(P) else None,
         variant=lambda wc: P["variants"][wc.variant],
     threads: THREADS["train"]
     localrule: "train" in LOCAL

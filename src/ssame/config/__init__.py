@@ -253,6 +253,11 @@ def variant_uses_saliency(variant: Mapping[str, Any]) -> bool:
     return bool(variant["feature_regen"] or variant["attn_loss_weight"] > 0 or variant["subject_loss_weight"] > 0)
 
 
+def uses_pretrain(params: Mapping[str, Any]) -> bool:
+    """Whether the workflow runs the pretrain stage: a tiny backbone with `pretrain.steps` > 0."""
+    return params["model"]["backbone"] == "tiny" and params["pretrain"]["steps"] > 0
+
+
 def launch_processes(accelerate_config: str | Path) -> int:
     """Processes per node that `accelerate launch --config_file accelerate_config` starts (a job's CPU share)."""
     path = Path(accelerate_config)
@@ -327,6 +332,10 @@ class Paths:
     @property
     def data(self) -> Path:
         return self.results / "data"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.results / "pretrain"
 
     @property
     def saliency(self) -> Path:

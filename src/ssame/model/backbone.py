@@ -64,14 +64,19 @@ def image_processor_for(params: Mapping[str, Any], source: str | None = None) ->
                                                     max_pixels=pixels)
 
 
-def load_backbone(params: Mapping[str, Any], data_dir: Path):
-    """(model, tokenizer, image processor) for training: tiny random init or `from_pretrained` at `model.revision`
-    (None only for a local folder), in `model.dtype`, gradient checkpointing when `model.gradient_checkpointing`."""
+def load_backbone(params: Mapping[str, Any], data_dir: Path, pretrained: Path | None = None):
+    """(model, tokenizer, image processor) for training: tiny random init, the tiny model the pretrain stage wrote
+    (`pretrained`, a save_pretrained folder) or `from_pretrained` at `model.revision` (None only for a local
+    folder), in `model.dtype`, gradient checkpointing when `model.gradient_checkpointing`."""
     model_cfg = params["model"]
     dtype = DTYPES[model_cfg["dtype"]]
     # sdpa / flash keep their kernels; the text model returns the pooled token's attention row on request
     attn = attention_implementation(model_cfg["attn_implementation"], needs_weights=True)
-    if model_cfg["backbone"] == "tiny":
+    if model_cfg["backbone"] == "tiny" and pretrained is not None:
+        tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(pretrained, dtype=dtype, attn_implementation=attn)
+        processor = Qwen2VLImageProcessorPil.from_pretrained(pretrained)
+    elif model_cfg["backbone"] == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
         config = tiny_config(model_cfg["tiny"], tokenizer, attn)
         model = Qwen2VLForConditionalGeneration(config).to(dtype)

@@ -38,6 +38,18 @@ class EmbedOutput:
     visual_hidden: list[torch.Tensor]        # per image: last-layer hidden states of its visual tokens (n, D)
 
 
+def position_ids(qwen: Qwen2VLForConditionalGeneration, inputs: dict[str, torch.Tensor], mrope: str) -> torch.Tensor:
+    """(3, B, L) position ids of a batch under `mrope` (module docstring; padding: 0 under vlm2vec_1d, masked)."""
+    mask = inputs["attention_mask"]
+    if mrope == "vlm2vec_1d":
+        return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0).expand(3, -1, -1)
+    if "image_grid_thw" in inputs:
+        return qwen.model.get_rope_index(inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"],
+                                         attention_mask=mask, mm_token_type_ids=inputs["mm_token_type_ids"])[0]
+    batch, length = inputs["input_ids"].shape  # what the text model uses when given no positions
+    return torch.arange(length, device=mask.device).view(1, 1, -1).expand(3, batch, -1)
+
+
 class Embedder(nn.Module):
     """Encode a batch of (text, image) inputs into one vector each."""
 
@@ -77,18 +89,6 @@ class Embedder(nn.Module):
             return [self._encode(b, with_attention, with_hidden) for b in batch]
         return self._encode(batch, with_attention, with_hidden)
 
-    def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(3, B, L) position ids of a batch under `self.mrope` (padding: 0 under vlm2vec_1d; masked anyway)."""
-        mask = inputs["attention_mask"]
-        if self.mrope == "vlm2vec_1d":
-            return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0).expand(3, -1, -1)
-        if "image_grid_thw" in inputs:
-            return self.qwen.model.get_rope_index(inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"],
-                                                  attention_mask=mask,
-                                                  mm_token_type_ids=inputs["mm_token_type_ids"])[0]
-        batch, length = inputs["input_ids"].shape  # what the text model uses when given no positions
-        return torch.arange(length, device=mask.device).view(1, 1, -1).expand(3, batch, -1)
-
     def _encode(self, batch: EncodedBatch, with_attention: bool, with_hidden: bool) -> EmbedOutput:
         inputs = batch.inputs
         core = self.qwen.model
@@ -104,7 +104,8 @@ class Embedder(nn.Module):
             visual = inputs["mm_token_type_ids"].bool().unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(visual, torch.cat(feats).to(embeds.device, embeds.dtype))
         out = core(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                   position_ids=self.position_ids(inputs), output_attentions=with_attention, use_cache=False)
+                   position_ids=position_ids(self.qwen, inputs, self.mrope), output_attentions=with_attention,
+                   use_cache=False)
         embeddings = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
         attention = self._visual_attention(out.attentions, batch) if with_attention else []
         is_visual = inputs["mm_token_type_ids"].bool()

@@ -68,7 +68,10 @@ class InputBuilder:
             check_square(image_processor, image_side)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
-    def _load(self, rel: str) -> Image.Image:
+    def _load(self, rel: str | Image.Image) -> Image.Image:
+        if isinstance(rel, Image.Image):  # in memory (pretraining's rendered scenes)
+            image = rel.resize((self.image_side, self.image_side)) if self.image_side is not None else rel
+            return image.convert("RGB")
         path = self.image_root / rel
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
@@ -80,7 +83,7 @@ class InputBuilder:
         except Exception as err:  # whatever PIL raises (OSError, SyntaxError, DecompressionBombError, ...)
             raise ImageDecodeError(rel, f"unreadable or corrupt image: {path}: {type(err).__name__}: {err}") from err
 
-    def _preprocess(self, paths: list[str]) -> dict[str, torch.Tensor]:
+    def _preprocess(self, paths: list[str | Image.Image]) -> dict[str, torch.Tensor]:
         """`pixel_values` (patches of all images, concatenated) and `image_grid_thw`. Not cached: one image is
         43 MB of patches at the paper's resolution, and a default run revisits 9 % of its images (docs/training.md)."""
         return dict(self.image_processor(images=[self._load(p) for p in paths], return_tensors="pt"))
@@ -98,7 +101,8 @@ class InputBuilder:
         head = head[: self.max_text_tokens]
         return head, tail[: self.max_text_tokens - len(head)]
 
-    def __call__(self, texts: list[str], images: list[str], saliency_store=None) -> EncodedBatch:
+    def __call__(self, texts: list[str], images: list[str | Image.Image], saliency_store=None) -> EncodedBatch:
+        """`images`: paths under the image root ('' for none) or PIL images."""
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} image paths")
         image_paths, image_rows = [], []

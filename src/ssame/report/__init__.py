@@ -58,8 +58,8 @@ def build(params: dict) -> None:
     write_table(per_dataset_table(per_dataset, manifest, variants), tables / "per_dataset")
     boot = params["evaluate"]["bootstrap"]
     hits = {variant: variant_hits(Paths.from_params(params), variant, seeds, datasets) for variant in variants}
-    write_table(ci_table(hits, manifest, boot["samples"], boot["seed"]), tables / "ci")
-    significance = significance_table(hits, manifest, boot["samples"], boot["seed"])
+    write_table(ci_table(hits, scores, manifest, boot["samples"], boot["seed"]), tables / "ci")
+    significance = significance_table(hits, scores, manifest, boot["samples"], boot["seed"])
     write_table(significance, tables / "significance",
                 floatfmt=[".4f" if column == "p_value" else ".1f" for column in significance.columns])
     write_table(published_table(per_dataset, manifest, params["model"]["backbone"]), tables / "published")

@@ -122,29 +122,59 @@ def _percent(value: float | None) -> float:
     return float("nan") if value is None else 100 * value
 
 
-def ci_table(hits: Hits, manifest: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
-    """Per variant and aggregate: hit@1 % and its 95 % bootstrap CI (%) over queries (ssame.evaluate.stats);
-    NaN for a group with no dataset."""
+def _seed_percent(scores: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """`variant`'s per-seed aggregates (SCORE_COLUMNS) from `load_aggregates`' scores in percent, indexed by seed."""
+    rows = scores[scores["variant"] == variant]
+    if rows.empty:
+        raise KeyError(f"no per-seed scores for variant {variant!r}")
+    return rows.set_index("seed")[SCORE_COLUMNS].mul(100)
+
+
+def _spread(values: pd.Series, prefix: str) -> dict[str, float]:
+    """`<prefix>_sd` (ddof=1; 0.0 for one seed), `_min` and `_max` of per-seed values; all NaN if any is NaN."""
+    sd = values.std(ddof=1, skipna=False) if len(values) > 1 else 0.0 * values.iloc[0]
+    return {f"{prefix}_sd": float(sd), f"{prefix}_min": float(values.min(skipna=False)),
+            f"{prefix}_max": float(values.max(skipna=False))}
+
+
+def ci_table(hits: Hits, scores: pd.DataFrame, manifest: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
+    """Per variant and aggregate, in percent: hit@1 of the seed-mean hits with its 95 % bootstrap CI over queries
+    (ssame.evaluate.stats: evaluation noise), then `seed_sd` (ddof=1; 0.0 for one seed), `seed_min` and `seed_max`
+    of the per-seed aggregates in `scores` (training noise); NaN for a group with no dataset."""
     rows = []
     for variant, by_dataset in hits.items():
         point = aggregate({name: float(values.mean()) for name, values in by_dataset.items()}, manifest)
         ci = bootstrap_aggregates(by_dataset, manifest, samples, seed)
+        percent = _seed_percent(scores, variant)
+        percent.loc[:, [key for key in GROUPS if point[key] is None]] = np.nan  # no dataset: NaN, as hit_at_1
         rows += [{"method": variant, "aggregate": key, "hit_at_1": _percent(point[key]),
                   "ci95_lo": _percent(None if ci[key] is None else ci[key][0]),
-                  "ci95_hi": _percent(None if ci[key] is None else ci[key][1])} for key in GROUPS]
-    return pd.DataFrame(rows, columns=["method", "aggregate", "hit_at_1", "ci95_lo", "ci95_hi"])
+                  "ci95_hi": _percent(None if ci[key] is None else ci[key][1]),
+                  **_spread(percent[key], "seed")} for key in GROUPS]
+    columns = ["method", "aggregate", "hit_at_1", "ci95_lo", "ci95_hi", "seed_sd", "seed_min", "seed_max"]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def significance_table(hits: Hits, manifest: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
-    """Paired bootstrap of every unordered pair of variants once, `a` listed after `b` in `hits`: delta = a − b in
-    hit@1 points with its 95 % CI and p-value, per aggregate that has datasets."""
+def significance_table(hits: Hits, scores: pd.DataFrame, manifest: pd.DataFrame, samples: int,
+                       seed: int) -> pd.DataFrame:
+    """Every unordered pair of variants once, `a` listed after `b` in `hits`, per aggregate that has datasets, in
+    hit@1 points: the paired bootstrap over queries of the seed-mean hits (evaluation noise), delta = a − b with its
+    95 % CI and p-value; then `seed_delta_sd` (ddof=1; 0.0 for one seed), `seed_delta_min` and `seed_delta_max` of
+    the per-seed differences of the aggregates in `scores`, seed k of a against seed k of b (training noise; NaN
+    where a seed lacks the group)."""
     rows = []
     for b, a in combinations(hits, 2):
+        percent_a, percent_b = _seed_percent(scores, a), _seed_percent(scores, b)
+        if set(percent_a.index) != set(percent_b.index):
+            raise ValueError(f"seeds differ: {a!r} has {sorted(percent_a.index)}, {b!r} {sorted(percent_b.index)}")
+        deltas = percent_a - percent_b  # aligned on seed
         for key, result in paired_bootstrap_groups(hits[a], hits[b], manifest, samples, seed).items():
             lo, hi = result["ci95"]
             rows.append({"a": a, "b": b, "aggregate": key, "delta": 100 * result["delta"], "ci95_lo": 100 * lo,
-                         "ci95_hi": 100 * hi, "p_value": result["p_value"]})
-    return pd.DataFrame(rows, columns=["a", "b", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value"])
+                         "ci95_hi": 100 * hi, "p_value": result["p_value"], **_spread(deltas[key], "seed_delta")})
+    columns = ["a", "b", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value", "seed_delta_sd", "seed_delta_min",
+               "seed_delta_max"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def benchmark_label(datasets: Sequence[str]) -> str:

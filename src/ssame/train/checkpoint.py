@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ssame.config import as_params, fingerprint, variant_uses_saliency
+from ssame.config import as_params, fingerprint, uses_pretrain, variant_uses_saliency
 
 TRAINER_FILE = "trainer.json"
 # train keys that change where or how a run is scheduled, logged or checkpointed, never what it computes
@@ -24,13 +24,16 @@ RUN_ONLY_KEYS = ("variants", "seeds", "checkpoint_every", "num_workers")
 
 def params_record(params: Mapping[str, Any], variant_name: str, seed: int) -> dict[str, Any]:
     """What shapes a training run: the data, model and train sections (less RUN_ONLY_KEYS), the variant, the seed,
-    and the saliency section when the variant reads the saliency maps. JSON-ready."""
+    the saliency section when the variant reads the saliency maps and the pretrain section when it fine-tunes a
+    pretrained tiny backbone. JSON-ready."""
     plain = as_params(params).to_dict()
     record = {"data": plain["data"], "model": plain["model"],
               "train": {k: v for k, v in plain["train"].items() if k not in RUN_ONLY_KEYS},
               "variant": {variant_name: plain["variants"][variant_name]}, "seed": seed}
     if variant_uses_saliency(plain["variants"][variant_name]):
         record["saliency"] = plain["saliency"]
+    if uses_pretrain(plain):
+        record["pretrain"] = plain["pretrain"]
     return record
 
 

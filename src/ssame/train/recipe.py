@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
-from transformers import get_linear_schedule_with_warmup
 
 from ssame.atomic import write_json
-from ssame.config import Paths, as_params, variant_uses_saliency
+from ssame.config import Paths, as_params, uses_pretrain, variant_uses_saliency
 from ssame.data.io import image_root
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.backbone import square_side
@@ -34,6 +33,7 @@ from ssame.train.batches import BatchOrder, training_rows
 from ssame.train.clip import check_deepspeed_clipping, clip_gradients
 from ssame.train.data import StepDataset, step_loader
 from ssame.train.objective import Objective
+from ssame.train.schedule import linear_warmup_decay
 
 LOG_EVERY = 10  # MLflow writes per-step metrics in batches of this many steps
 
@@ -52,20 +52,25 @@ def make_accelerator() -> Accelerator:
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+def pretrained_backbone(params: dict[str, Any]) -> Path | None:
+    """The pretrain stage's model folder when the params pretrain the tiny backbone, else None (random init or hub)."""
+    return Paths.from_params(params).pretrain / "model" if uses_pretrain(params) else None
+
+
 def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accelerator):
     """(embedder, objective, optimizer, scheduler, tokenizer, image processor): model and optimizer prepared by
     `accelerator`, the LR schedule registered for its checkpoints (stepped by the caller, once per step)."""
     params = as_params(params)
     paths, cfg = Paths.from_params(params), params["train"]
     variant = params["variants"][variant_name]
-    backbone, tokenizer, image_processor = load_backbone(params, paths.data)
+    backbone, tokenizer, image_processor = load_backbone(params, paths.data, pretrained_backbone(params))
     embedder = Embedder(backbone, variant, lora=params["model"]["lora"], mrope=params["model"]["mrope"])
     store = SaliencyStore(paths.saliency) if variant_uses_saliency(variant) else None
     build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"],
                          image_side=square_side(params["model"]))
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
+    scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
     embedder, optimizer = accelerator.prepare(embedder, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     objective = Objective(embedder, build, store, variant, cfg, accelerator)
@@ -77,7 +82,7 @@ def export_state(params: dict[str, Any], variant_name: str, state: dict[str, tor
     the state, save (merging LoRA). Main process only."""
     params = as_params(params)
     paths = Paths.from_params(params)
-    backbone, tokenizer, image_processor = load_backbone(params, paths.data)
+    backbone, tokenizer, image_processor = load_backbone(params, paths.data, pretrained_backbone(params))
     embedder = Embedder(backbone, params["variants"][variant_name], lora=params["model"]["lora"],
                         mrope=params["model"]["mrope"])
     embedder.load_state_dict(state)

@@ -1,0 +1,21 @@
+# Included only when the params pretrain the tiny backbone (config.uses_pretrain): one job, before every training
+# job, whose model folder each (variant, seed) fine-tunes from (docs/pretraining.md).
+rule pretrain:
+    input:
+        rules.data.output.manifest,  # the tokenizer is trained on the benchmark text by the data stage
+    output:
+        model=directory(f"{R}/pretrain/model"),
+        metrics=f"{R}/pretrain/metrics.json",
+    params:
+        pretrain=P["pretrain"],
+        model=P["model"],
+    threads: THREADS["pretrain"]
+    localrule: "pretrain" in LOCAL
+    resources:
+        **RESOURCES["pretrain"],
+    benchmark:
+        f"{BENCH}/pretrain.tsv"
+    log:
+        f"{R}/logs/pretrain.log",
+    shell:
+        "ssame launch pretrain --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"
