@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,16 @@ def test_launch_lines():
                                     "--main_process_port 17000 -m ssame train")
 
 
+def test_one_cpu_process_under_a_plain_config_skips_the_accelerate_launcher(repo, tmp_path):
+    cpu = str(repo / "params" / "accelerate" / "cpu.yaml")
+    assert command("train", ["--seed", "0"], Plan([], 1), cpu)[1:] == ["-m", "ssame", "train", "--seed", "0"]
+    assert "accelerate.commands.launch" in command("train", [], Plan(["0"], 1), cpu)  # a GPU: accelerate decides
+    assert "accelerate.commands.launch" in command("train", [], Plan([], 2), cpu)  # two processes
+    bf16 = tmp_path / "bf16.yaml"
+    bf16.write_text(Path(cpu).read_text().replace("mixed_precision: 'no'", "mixed_precision: bf16"))
+    assert "accelerate.commands.launch" in command("train", [], Plan([], 1), str(bf16))
+
+
 def test_several_nodes_need_slurm(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with pytest.raises(LaunchError, match="needs a SLURM allocation"):
@@ -117,4 +128,4 @@ def test_cli_routes_launch(repo):
     assert out.returncode == 2 and "--variant" in out.stderr  # the stage's own arguments are checked up front
     usage = subprocess.run([sys.executable, "-m", "ssame", "launch", "--help"], capture_output=True, text=True,
                            cwd=repo)
-    assert usage.returncode == 0 and "{mirror,data,saliency,train,evaluate,report}" in usage.stdout
+    assert usage.returncode == 0 and "{mirror,data,pretrain,saliency,train,evaluate,report}" in usage.stdout

@@ -206,11 +206,11 @@ def test_checkpoint_refuses_other_params_and_resumes_under_the_same(small, monke
     record = json.loads((ckpt / "trainer.json").read_text())
     assert record["params"]["train"]["lr"] == small["train"]["lr"] and len(record["fingerprint"]) == 64
     changed = copy.deepcopy(small)
-    changed["train"]["lr"] = 1e-3
+    changed["train"]["lr"] = small["train"]["lr"] / 2
     changed["model"]["tiny"]["text"]["intermediate_size"] = 96
     with pytest.raises(ValueError, match=r"step2 was written under other params") as err:
         train(changed, "ssame-no-subject", 0)
-    assert "train.lr: 0.002 in the checkpoint, 0.001 now" in str(err.value)
+    assert f"train.lr: {small['train']['lr']} in the checkpoint, {changed['train']['lr']} now" in str(err.value)
     assert "model.tiny.text.intermediate_size: 128 in the checkpoint, 96 now" in str(err.value)
     with pytest.raises(ValueError, match="seed: 0 in the checkpoint, 1 now"):  # refused before any state loads
         checkpoint.read(ckpt, checkpoint.params_record(as_params(small), "ssame-no-subject", 1))

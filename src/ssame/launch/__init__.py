@@ -2,7 +2,8 @@
 
 It claims the job's GPUs (disjoint from every other ssame job on the node; under SLURM the allocation's own) and a
 rendezvous port, hides every other GPU, and runs the stage: training through `accelerate launch` (once per node; on
-several SLURM nodes through `srun`, with machine rank, head address and port from SLURM's environment), evaluation
+several SLURM nodes through `srun`, with machine rank, head address and port from SLURM's environment; one CPU
+process under a config that sets nothing, params/accelerate/cpu.yaml, runs directly, as accelerate would), evaluation
 sharded over its GPUs through `torchrun`, any other stage as one process. Arguments after the launcher's own are the
 stage's (`ssame STAGE --help`).
 """
@@ -18,7 +19,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 from ssame.cli import STAGES
-from ssame.config import LAUNCHED_RULES, ParamsError, launch_processes, load_params
+from ssame.config import LAUNCHED_RULES, ParamsError, launch_processes, load_params, plain_accelerate
 from ssame.launch import slurm
 from ssame.launch.devices import BASE_PORT, LaunchError, claim_devices, claim_port, visible_devices
 
@@ -38,7 +39,8 @@ class Plan:
 def command(stage: str, stage_args: list[str], plan: Plan, accelerate_config: str) -> list[str]:
     """The process that runs `stage` under `plan` (the launcher sets CUDA_VISIBLE_DEVICES to plan.devices)."""
     python = [sys.executable, "-m"]
-    if stage == "train":
+    single_cpu = not plan.devices and plan.processes * plan.nodes == 1
+    if stage == "train" and not (single_cpu and plain_accelerate(accelerate_config)):
         return [*python, "accelerate.commands.launch", "--config_file", accelerate_config,
                 "--num_processes", str(plan.processes * plan.nodes), "--num_machines", str(plan.nodes),
                 "--machine_rank", str(plan.rank), "--main_process_ip", plan.head,

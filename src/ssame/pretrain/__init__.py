@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import get_linear_schedule_with_warmup
 
 from ssame.atomic import atomic_dir, write_json
 from ssame.config import Paths, as_params, uses_pretrain
@@ -23,7 +24,6 @@ from ssame.pretrain.corpus import SAMPLES_PER_SCENE, build_corpus
 from ssame.pretrain.lm import encode, lm_loss
 from ssame.pretrain.probe import probe
 from ssame.tracking import StepLogger, mlflow_run
-from ssame.train.schedule import linear_warmup_decay
 
 LOG_EVERY = 20
 
@@ -44,7 +44,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
     corpus_seconds = time.perf_counter() - began
     order = np.random.default_rng(cfg["seed"]).permutation
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
-    scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
     per_epoch = len(corpus) // cfg["batch_size"]
     if per_epoch == 0:
         raise ValueError(f"pretrain.batch_size {cfg['batch_size']} exceeds the corpus ({len(corpus)} samples: "

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
+from transformers import get_linear_schedule_with_warmup
 
 from ssame.atomic import write_json
 from ssame.config import Paths, as_params, uses_pretrain, variant_uses_saliency
@@ -33,7 +34,6 @@ from ssame.train.batches import BatchOrder, training_rows
 from ssame.train.clip import check_deepspeed_clipping, clip_gradients
 from ssame.train.data import StepDataset, step_loader
 from ssame.train.objective import Objective
-from ssame.train.schedule import linear_warmup_decay
 
 LOG_EVERY = 10  # MLflow writes per-step metrics in batches of this many steps
 
@@ -70,7 +70,7 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
                          image_side=square_side(params["model"]))
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
-    scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
     embedder, optimizer = accelerator.prepare(embedder, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     objective = Objective(embedder, build, store, variant, cfg, accelerator)
