@@ -58,6 +58,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
             if len(rows) < cfg["batch_size"]:
                 rows = np.concatenate([rows, order(len(corpus))[: per_epoch * cfg["batch_size"]]])
             batch, rows = rows[: cfg["batch_size"]], rows[cfg["batch_size"]:]
+            lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
             loss = lm_loss(model, encode(build_inputs, [corpus[i] for i in batch]), mrope)
             loss.backward()
             optimizer.step()
@@ -66,7 +67,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
             losses.append(loss.item())
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"pretrain: the loss is {losses[-1]} at step {step}; lower pretrain.lr")
-            logger.log({"loss_lm": losses[-1], "lr": scheduler.get_last_lr()[0]}, step)
+            logger.log({"loss_lm": losses[-1], "lr": lr}, step)
             if step % LOG_EVERY == 0:
                 logger.flush()
         train_seconds = time.perf_counter() - began
