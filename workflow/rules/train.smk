@@ -11,7 +11,6 @@ rule train:
     params:
         model=P["model"],
         train={k: v for k, v in P["train"].items() if k not in ("variants", "seeds")},
-        pretrain=P["pretrain"] if uses_pretrain(P) else None,
         variant=lambda wc: P["variants"][wc.variant],
     threads: THREADS["train"]
     localrule: "train" in LOCAL

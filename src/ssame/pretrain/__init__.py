@@ -20,7 +20,7 @@ from ssame.atomic import atomic_dir, write_json
 from ssame.config import Paths, as_params, uses_pretrain
 from ssame.model import InputBuilder
 from ssame.model.backbone import load_backbone, square_side
-from ssame.pretrain.corpus import SAMPLES_PER_SCENE, build_corpus
+from ssame.pretrain.corpus import QUESTIONS, SAMPLES_PER_SCENE, build_corpus
 from ssame.pretrain.lm import encode, lm_loss
 from ssame.pretrain.probe import probe
 from ssame.tracking import StepLogger, mlflow_run
@@ -86,7 +86,8 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
         write_json(paths.pretrain / "metrics.json", metrics)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(paths.pretrain / "metrics.json"))
+    probed = ", ".join(f"{k}: {metrics[f'probe_{k}_accuracy']:.2f}" for k in QUESTIONS
+                       if f"probe_{k}_accuracy" in metrics)
     print(f"pretrain: loss {metrics['loss_lm_first']:.3f} -> {metrics['loss_lm']:.3f} in {cfg['steps']} steps "
-          f"({train_seconds:.1f} s); probe accuracy " + ", ".join(
-              f"{k}: {metrics[f'probe_{k}_accuracy']:.2f}" for k in ("colour", "shape", "position")))
+          f"({train_seconds:.1f} s); probe accuracy: {probed or 'not run (pretrain.probe_scenes: 0)'}")
     return metrics
