@@ -8,10 +8,17 @@ from snakemake.utils import min_version
 
 from ssame.cli import STAGES
 from ssame.config import job_resources, job_threads, load_params, uses_pretrain, variant_uses_saliency
+from ssame.logs import LEVELS
+from ssame.tracking import close_parent_run, open_parent_run
 
 min_version("9.0")
 
+report: "workflow/report/workflow.rst"  # the HTML report's front page (snakemake --report report.html)
+
 PARAMS_FILE = config.get("params", "params/default.yaml")
+LOG_LEVEL = config.get("log_level", "INFO").upper()  # every job's log: --config log_level=DEBUG (or WARNING)
+if LOG_LEVEL not in LEVELS:
+    raise ValueError(f"--config log_level={LOG_LEVEL}: must be one of {', '.join(LEVELS)}")
 # Validated against workflow/schemas/params.schema.yaml, with the schema's defaults, before any job runs.
 P = load_params(PARAMS_FILE).to_dict()
 
@@ -54,6 +61,19 @@ include: "workflow/rules/saliency.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# One MLflow run per invocation that has jobs to run (not on a dry run); every job's run is its child.
+onstart:
+    open_parent_run(P, PARAMS_FILE)
+
+
+onsuccess:
+    close_parent_run(P, "FINISHED")
+
+
+onerror:
+    close_parent_run(P, "FAILED")
 
 
 rule all:

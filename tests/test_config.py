@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import yaml
 
@@ -50,6 +52,24 @@ def test_cli_rejects_bad_params_before_running(tmp_path, params, capsys):
     assert main(["data", "--params", str(bad)], run=lambda *a: ran.append(a)) == 2
     assert not ran
     assert "evaluate.batchsize" in capsys.readouterr().err
+
+
+def test_cli_version_and_log_level(capsys, params, tmp_path):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ssame {version('ssame')}"
+    good = tmp_path / "params.yaml"
+    good.write_text(yaml.safe_dump(params))
+    levels = []
+    main(["data", "--params", str(good), "--log-level", "warning"],
+         run=lambda *a: levels.append(logging.getLogger("ssame").getEffectiveLevel()))
+    assert levels == [logging.WARNING]
+    with pytest.raises(SystemExit):
+        main(["data", "--params", str(good), "--log-level", "LOUD"])
+    assert "invalid choice: 'LOUD'" in capsys.readouterr().err
 
 
 def test_cli_help_for_every_stage(capsys):

@@ -116,15 +116,17 @@ def test_pretraining_lowers_the_loss_and_writes_its_outputs(pretrained):
     assert (Paths.from_params(params).pretrain / "metrics.json").is_file()
 
 
-def test_probe_can_be_switched_off(pretrained, tmp_path, capsys):
+def test_probe_can_be_switched_off(pretrained, tmp_path, caplog):
     params = copy.deepcopy(pretrained[0])
     params["results_dir"] = str(tmp_path / "results")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "data").symlink_to(Paths.from_params(pretrained[0]).data)
     params["pretrain"].update(steps=1, probe_scenes=0)
-    metrics = build(params)
+    with caplog.at_level("INFO", logger="ssame.pretrain"):
+        metrics = build(params)
     assert not any(key.startswith("probe_") for key in metrics)
-    assert "not run (pretrain.probe_scenes: 0)" in capsys.readouterr().out
+    assert "not run (pretrain.probe_scenes: 0)" in caplog.text
+    assert "step 1/1 (100 %) loss_lm" in caplog.text  # the progress line of the last step
 
 
 def test_fine_tuning_starts_from_the_pretrained_folder(pretrained):

@@ -27,7 +27,7 @@ SIZES = [
     "data.hub.max_train_rows_per_dataset", "model.image_*", "saliency.map_size", "saliency.subjects.batch_size",
     "saliency.subjects.max_new_tokens", "saliency.quality.samples_per_dataset", "train.steps", "train.batch_size",
     "train.grad_cache_chunk_size", "train.warmup_steps", "train.checkpoint_every", "train.max_text_tokens",
-    "train.num_workers", "train.image_cache_mb", "evaluate.batch_size", "evaluate.bootstrap.samples",
+    "train.num_workers", "evaluate.batch_size", "evaluate.bootstrap.samples",
     "evaluate.max_text_tokens", "resources.*.threads", "resources.*.mem_mb", "resources.*.runtime",
     "resources.*.gpu", "resources.*.nodes",  # a CPU rehearsal asks for no GPU
 ]

@@ -22,6 +22,7 @@ from ssame.report.tables import (
     PER_DATASET_SOURCE,
     SCORE_COLUMNS,
     SUMMARY_LABEL,
+    ablation_delta_table,
     benchmark_label,
     ci_table,
     significance_table,
@@ -66,6 +67,10 @@ def _write_inputs(results: Path) -> None:
             path = results / "eval" / variant / f"seed{seed}" / "aggregate.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(record))
+            history = results / "train" / variant / f"seed{seed}" / "history.csv"
+            history.parent.mkdir(parents=True)
+            loss = np.linspace(2.0, 1.0, 12) + np.random.default_rng([seed, 5]).normal(0, 0.05, 12)
+            pd.DataFrame({"step": range(1, 13), "loss_nce": loss, "loss": loss + 0.1}).to_csv(history, index=False)
             for name in DATASETS:
                 ranks = _ranks(variant, seed, name).tolist()
                 write_predictions(path.parent / "predictions" / f"{name}.jsonl", list(range(QUERIES)), ranks,
@@ -137,6 +142,37 @@ def test_build_writes_tables_and_figures(params: dict) -> None:
         if name.endswith(".png"):
             with Image.open(reports / name) as image:
                 assert image.format == "PNG" and min(image.size) > 0
+        if name.endswith(".pdf"):
+            assert (reports / name).read_bytes().startswith(b"%PDF")
+    latex = (reports / "tables" / "main.tex").read_text()
+    assert latex.count("\\toprule") == latex.count("\\midrule") == latex.count("\\bottomrule") == 1
+    for key in SCORE_COLUMNS:  # the best variant of every column in bold, and only it
+        best = main[key].max()
+        assert f"\\textbf{{{best:.1f}}}" in latex
+    assert latex.count("\\textbf") == sum((main[k] == main[k].max()).sum() for k in SCORE_COLUMNS)
+    assert "\nbaseline & overall & " in (reports / "tables" / "ablation_delta.tex").read_text()
+
+
+def test_ablation_delta_holm_adjusted_within_each_aggregate() -> None:
+    """Deltas point from the full model to each variant (the sign of `significance` flipped where needed, CIs
+    mirrored); p-values are Holm-adjusted over the variants of one aggregate."""
+    significance = pd.DataFrame([
+        {"a": "ssame", "b": "baseline", "aggregate": "overall", "delta": 5.0, "ci95_lo": 4.0, "ci95_hi": 6.0,
+         "p_value": 0.01},
+        {"a": "no-attn", "b": "ssame", "aggregate": "overall", "delta": -0.4, "ci95_lo": -1.6, "ci95_hi": 0.7,
+         "p_value": 0.04},
+        {"a": "no-attn", "b": "baseline", "aggregate": "overall", "delta": 4.6, "ci95_lo": 3.0, "ci95_hi": 6.0,
+         "p_value": 0.001},
+        {"a": "ssame", "b": "baseline", "aggregate": "classification", "delta": 1.0, "ci95_lo": -1.0,
+         "ci95_hi": 3.0, "p_value": 0.3}])
+    table = ablation_delta_table(significance, "ssame")
+    assert table[["method", "aggregate"]].values.tolist() == [
+        ["baseline", "overall"], ["no-attn", "overall"], ["baseline", "classification"]]
+    assert table["delta"].tolist() == [-5.0, -0.4, -1.0]
+    assert table[["ci95_lo", "ci95_hi"]].values.tolist() == [[-6.0, -4.0], [-1.6, 0.7], [-3.0, 1.0]]
+    # Holm over {0.01, 0.04}: 2 x 0.01 = 0.02, then max(0.02, 1 x 0.04) = 0.04; a lone test keeps its p
+    assert table["p_holm"].tolist() == pytest.approx([0.02, 0.04, 0.3])
+    assert ablation_delta_table(significance, "full").empty  # no such variant: no rows, the same columns
 
 
 def test_missing_aggregate_names_path(params: dict) -> None:
@@ -288,12 +324,14 @@ def test_significance_table_pairs_every_variant_once(params: dict) -> None:
 def test_identical_variants_are_not_significant(params: dict) -> None:
     results = Path(params["results_dir"]) / "eval"
     shutil.copytree(results / VARIANTS[0], results / "copy")
+    shutil.copytree(results.parent / "train" / VARIANTS[0], results.parent / "train" / "copy")
     for path in (results / "copy").glob("seed*/aggregate.json"):
         path.write_text(json.dumps({**json.loads(path.read_text()), "variant": "copy"}))
     build({**params, "train": {**params["train"], "variants": [VARIANTS[0], "copy"], "seeds": SEEDS},
            "variants": {**params["variants"], "copy": params["variants"][VARIANTS[0]]}})
     table = pd.read_csv(Path(params["reports_dir"]) / "tables" / "significance.csv")
     assert (table["delta"] == 0).all() and (table["p_value"] == 1).all()
+    assert pd.read_csv(Path(params["reports_dir"]) / "tables" / "ablation_delta.csv").empty  # no ssame variant
     assert (table[["seed_delta_sd", "seed_delta_min", "seed_delta_max"]] == 0).all(axis=None)
 
 

@@ -118,9 +118,9 @@ def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(small, tmp_path
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     resumed = _launch(params_file, "ssame-no-subject")
-    out, err = resumed.communicate(timeout=600)
+    _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
-    assert "resumed ssame-no-subject/seed0" in out
+    assert "resumed ssame-no-subject/seed0" in err  # a log record (stderr)
     metrics = json.loads(paths.train_metrics("ssame-no-subject", 0).read_text())
     assert {k: v for k, v in metrics.items() if k not in VOLATILE} == \
         {k: v for k, v in reference.items() if k not in VOLATILE}
@@ -196,7 +196,7 @@ def _crash_after_training(monkeypatch) -> None:
     monkeypatch.setattr("ssame.train.recipe.save_model", crash)
 
 
-def test_checkpoint_refuses_other_params_and_resumes_under_the_same(small, monkeypatch, capsys):
+def test_checkpoint_refuses_other_params_and_resumes_under_the_same(small, monkeypatch, caplog):
     small["train"].update(steps=4, checkpoint_every=2)
     with monkeypatch.context() as patch:
         _crash_after_training(patch)
@@ -215,8 +215,9 @@ def test_checkpoint_refuses_other_params_and_resumes_under_the_same(small, monke
     with pytest.raises(ValueError, match="seed: 0 in the checkpoint, 1 now"):  # refused before any state loads
         checkpoint.read(ckpt, checkpoint.params_record(as_params(small), "ssame-no-subject", 1))
     small["train"]["num_workers"] = 1  # how steps are prepared is not what they compute: resumes
-    train(small, "ssame-no-subject", 0)
-    assert "resumed ssame-no-subject/seed0" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="ssame.train.recipe"):
+        train(small, "ssame-no-subject", 0)
+    assert "resumed ssame-no-subject/seed0" in caplog.text
 
 
 def test_clipping_bounds_the_norm_and_off_leaves_gradients_exact(small):

@@ -49,7 +49,8 @@ def project(tmp_path_factory, repo) -> Path:
 
 
 def _run(project: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # seconds: the test's training jobs are short
     proc = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr
@@ -84,21 +85,80 @@ def test_tables_exist_with_scores_in_range(project, first_run):
         assert (project / "reports" / "figures" / name).stat().st_size > 0
 
 
+def test_job_logs_show_progress(project, first_run):
+    """Each job's log: timestamped records, a progress line for the last training step and every eval dataset."""
+    logs = project / "results" / "logs"
+    train = (logs / "train" / "ssame" / "seed0.log").read_text()
+    assert "INFO ssame.train.recipe: [RANK 0] step 12/12 (100 %) loss" in train  # accelerate names the rank
+    evaluate = (logs / "evaluate" / "ssame" / "seed0.log").read_text()
+    datasets = len(json.loads((project / "results" / "eval" / "ssame" / "seed0" / "aggregate.json").read_text())
+                   ["per_dataset"])
+    assert evaluate.count("INFO ssame.evaluate: dataset ") == datasets
+    assert f"dataset {datasets}/{datasets} (100 %)" in evaluate
+    assert "INFO ssame.pretrain: step 4/4 (100 %) loss_lm" in (logs / "pretrain.log").read_text()
+
+
 def test_finished_run_has_nothing_to_do(project, first_run):
     assert "Nothing to be done" in _snakemake(project, "-n")
 
 
-def test_mlflow_runs_logged(project, first_run):
+def test_mlflow_runs_form_one_tree(project, first_run):
+    """One parent run for the snakemake invocation (FINISHED) and one child per job, tagged with its rule,
+    wildcards, commit, params and input digests; evaluate runs point at their train run; datasets are inputs;
+    training logs system metrics and a model that loads back and embeds as the model folder does."""
     import mlflow
+    import numpy as np
+    import torch
 
-    mlflow.set_tracking_uri(resolve_uri(yaml.safe_load((project / "params" / "default.yaml").read_text()), project))
-    runs = mlflow.search_runs(experiment_names=["ssame-default"])
-    assert sorted(runs["tags.mlflow.runName"]) == sorted(
-        ["pretrain", *(f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)])
-    assert runs["metrics.overall"].dropna().between(0, 1).all()
-    for run_id in runs["run_id"]:
-        assert mlflow.artifacts.list_artifacts(run_id=run_id), f"run {run_id} logged no artifact"
-    assert str(project) in runs["artifact_uri"].iloc[0]  # artifacts stay inside the project
+    from ssame.model import Embedder, InputBuilder
+    from ssame.model.backbone import square_side
+
+    params = yaml.safe_load((project / "params" / "default.yaml").read_text())
+    mlflow.set_tracking_uri(resolve_uri(params, project))
+    runs = mlflow.search_runs(experiment_names=["ssame-default"], output_format="list")
+    parents = [r for r in runs if r.data.tags["stage"] == "workflow"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r is not parents[0]}
+    assert sorted(children) == sorted(["data", "pretrain", "saliency", "report", *(
+        f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)])
+    digests = set()
+    for name, run in children.items():
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id, name
+        assert tags["stage"] == name.split("/")[0] and tags["mlflow.source.git.commit"], name
+        digests.add(tags["ssame.params_digest"])
+        assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id), f"run {name} logged no artifact"
+    assert digests == {parents[0].data.tags["ssame.params_digest"]}
+    datasets = len(json.loads((project / "results" / "eval" / "ssame" / "seed0" / "aggregate.json").read_text())
+                   ["per_dataset"])
+    for variant in VARIANTS:
+        train, evaluate = children[f"train/{variant}/seed0"], children[f"evaluate/{variant}/seed0"]
+        assert train.data.tags["ssame.wildcards"] == f"variant={variant},seed=0"
+        assert evaluate.data.tags["ssame.train_run_id"] == train.info.run_id
+        assert evaluate.data.tags["ssame.input.model"] == train.data.tags["ssame.output.model"]
+        assert len(evaluate.inputs.dataset_inputs) == datasets
+        assert {d.dataset.name for d in train.inputs.dataset_inputs} and all(
+            t.value == "train" for d in train.inputs.dataset_inputs for t in d.tags)
+        assert any(key.startswith("system/") for key in train.data.metrics), "no system metrics"
+    assert 0 <= children["evaluate/ssame/seed0"].data.metrics["overall"] <= 1
+    assert str(project) in runs[0].info.artifact_uri  # artifacts stay inside the project
+    # the baseline's logged model embeds exactly as the model folder does
+    loaded = mlflow.pyfunc.load_model(f"runs:/{children['train/baseline/seed0'].info.run_id}/model")
+    image = next((project / "results" / "data" / "images").rglob("*.png")).relative_to(
+        project / "results" / "data" / "images").as_posix()
+    rows = pd.DataFrame({"text": ["<|image_1|> what colour is the shape?", "a red circle"], "image": [image, ""]})
+    root = str(project / "results" / "data" / "images")
+    embedded = loaded.predict(rows, params={"image_root": root})
+    embedder, tokenizer, processor = Embedder.load(project / "results" / "train" / "baseline" / "seed0" / "model",
+                                                   mrope=params["model"]["mrope"])
+    build = InputBuilder(tokenizer, processor, Path(root), params["train"]["max_text_tokens"],
+                         image_side=square_side(params["model"]))
+    with torch.no_grad():
+        direct = embedder.eval()(build(rows["text"].tolist(), rows["image"].tolist())).embeddings.numpy()
+    np.testing.assert_allclose(embedded, direct, atol=1e-6)
+    ssame = mlflow.pyfunc.load_model(f"runs:/{children['train/ssame/seed0'].info.run_id}/model")
+    with pytest.raises(ValueError, match="saliency_dir"):
+        ssame.predict(rows, params={"image_root": root})
 
 
 def test_dvc_sees_snakemake_outputs_as_up_to_date(project, first_run):
@@ -127,6 +187,62 @@ def test_killed_mid_run_then_resumed_is_bit_identical(project, first_run):
     _snakemake(project)
     assert _scores(project) == first_run
     assert {p.name: p.read_bytes() for p in (project / "reports" / "tables").glob("*.csv")} == first_tables
+
+
+def _caption_start(project: Path, result: str) -> str:
+    """The first words of a report result's caption (workflow/report/*.rst), as the report renders them."""
+    stem = result.rsplit(".", 1)[0]
+    name = f"{stem}_table" if result.endswith(".html") else "saliency_method" if stem == "saliency_fusion" else stem
+    return " ".join((project / "workflow" / "report" / f"{name}.rst").read_text().replace("``", "").split()[:6])
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",  # as root, offline
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_html_report_renders_in_chromium(project, first_run, tmp_path):
+    """`snakemake --report` opened in headless Chromium as a reader would: the front page, then in every category
+    each captioned result's view: tables as HTML tables with one row per method, figures as decoded PNGs."""
+    from PIL import Image, ImageStat
+    from playwright.sync_api import sync_playwright
+
+    from ssame.report import FIGURES, TABLES
+
+    chromium = shutil.which("chromium")
+    assert chromium, "the HTML report test needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+    _snakemake(project, "--report", "browsed.html")
+    saliency = ["saliency_quality.html", "saliency_fusion.png"]
+    expected = {"Tables": [f"{t}.html" for t in TABLES if t != "saliency_quality"],
+                "Figures": [f"{f}.png" for f in FIGURES], "Saliency": saliency}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto((project / "browsed.html").as_uri())
+        assert "SSA-ME (Salient Subject-Aware Multimodal Embedding) reproduced on MMEB" in page.inner_text("body")
+        for category, names in expected.items():
+            for name in names:
+                for button in ("information-circle", "eye"):  # the caption, then the result itself
+                    page.goto((project / "browsed.html").as_uri())
+                    page.get_by_role("link", name=category).click()
+                    page.locator("tr", has_text=f"/{name}").locator(f"a[iconname={button}]").click()
+                    if button == "information-circle":
+                        assert _caption_start(project, name) in page.inner_text("body"), f"{name}: no caption"
+                shown = page.frame_locator("iframe")
+                if name.endswith(".html"):
+                    shown.locator("table tbody tr").first.wait_for()
+                    if name == "main.html":  # one row per method, the best of each column in bold
+                        assert shown.locator("table tbody tr").count() == len(VARIANTS)
+                        weights = shown.locator("td").evaluate_all(
+                            "cells => cells.map(c => Number(getComputedStyle(c).fontWeight))")
+                        assert sum(w >= 700 for w in weights) >= len(SCORES)
+                else:
+                    image = page.locator(f"img[src*='filename={name}']")
+                    assert image.evaluate("e => e.complete && e.naturalWidth > 0"), f"{name} did not decode"
+                shot = tmp_path / f"{name}.png"
+                page.screenshot(path=shot)
+                with Image.open(shot) as pixels:  # the view shows something, not a blank page
+                    assert max(ImageStat.Stat(pixels.convert("L")).stddev) > 10, f"{name}: blank view"
+        browser.close()
 
 
 def test_snakemake_report_with_captions(project, first_run):

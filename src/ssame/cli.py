@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ssame.config import ParamsError, load_params
+from ssame.logs import LEVELS, setup
 
 STAGES: dict[str, str] = {
     "mirror": "rehearsal only: write a local stand-in for the hub (MMEB repos and tiny models) under mirror.dir",
@@ -27,8 +28,11 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
         from ssame.rehearsal.stage import build
     elif stage == "data":
         from ssame.data import build
-    elif stage == "pretrain":
+    elif stage == "pretrain":  # tracks its own run (per-step metrics)
         from ssame.pretrain import build
+
+        build(params)
+        return
     elif stage == "saliency":
         from ssame.saliency import build
     elif stage == "report":
@@ -41,7 +45,26 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
             from ssame.evaluate import evaluate as run_one
         run_one(params, args.variant, args.seed)
         return
-    build(params)
+    _tracked(stage, build, params)
+
+
+def _tracked(stage: str, build: Callable[[Any], Any], params: Any) -> None:
+    """Run a whole-stage build inside its MLflow run (a child of the snakemake invocation's) and log the files
+    that summarise its outputs as artifacts."""
+    from ssame.config import Paths
+    from ssame.tracking import job_tags, mlflow_run
+
+    paths = Paths.from_params(params)
+    inputs = {"saliency": {"data_manifest": paths.data / "manifest.csv"}}.get(stage, {})
+    with mlflow_run(params, stage, job_tags(params, stage, inputs=inputs)) as mlflow:
+        build(params)
+        summaries = {"data": [paths.data / n for n in ("manifest.csv", "eval_checks.json", "unreadable.json")],
+                     "saliency": [paths.saliency / n for n in ("manifest.json", "quality.csv")]}.get(stage, [])
+        for path in summaries:
+            mlflow.log_artifact(str(path))
+        if stage == "report":
+            for folder in ("tables", "figures"):
+                mlflow.log_artifacts(str(paths.reports / folder), artifact_path=folder)
 
 
 def _check_run(params: dict[str, Any], args: argparse.Namespace) -> None:
@@ -49,15 +72,25 @@ def _check_run(params: dict[str, Any], args: argparse.Namespace) -> None:
         raise ParamsError(f"--variant '{args.variant}' is not a key of 'variants' ({sorted(params['variants'])})")
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml)."""
+    from importlib.metadata import version as installed
+
+    return installed("ssame")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ssame", description="SSA-ME reproduction pipeline (MMEB).",
                                   epilog=f"ssame launch STAGE ...: {LAUNCH_HELP}")
+    top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage, help_text in STAGES.items():
         sub = subs.add_parser(stage, help=help_text, description=help_text)
         sub.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
         sub.add_argument("--threads", type=int, default=None,
                          help="CPU threads of the job, split among its processes (default: torch's own)")
+        sub.add_argument("--log-level", default="INFO", choices=LEVELS, type=str.upper,
+                         help="least severe log records written (default: %(default)s)")
         if stage in ("train", "evaluate"):
             sub.add_argument("--variant", required=True, help="a key of the params' `variants`")
             sub.add_argument("--seed", type=int, required=True, help="training seed")
@@ -71,6 +104,7 @@ def main(argv: list[str] | None = None, run: Callable[..., None] = _run) -> int:
 
         return launch(argv[1:])
     args = parser().parse_args(argv)
+    setup(args.log_level)
     try:
         params = load_params(args.params)
     except ParamsError as err:

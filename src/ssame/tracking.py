@@ -4,9 +4,12 @@ MLFLOW_TRACKING_URI at an `mlflow server` (with `--serve-artifacts`, it stores t
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-import sys
+import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +18,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 
-from ssame.config import as_params
+from ssame.config import as_params, fingerprint
+
+log = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
+MODEL_DIGEST_TAG = "ssame.output.model"  # content digest of a train run's model folder; evaluate runs link by it
+PARENT_ENV = "SSAME_MLFLOW_PARENT_RUN_ID"  # set by the Snakefile's onstart: jobs' runs become its children
 _OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -81,16 +88,13 @@ def _set_uri(mlflow: Any, uri: str) -> None:
         os.environ[ENV_URI] = before
 
 
-@contextmanager
-def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str],
-               run_id: str | None = None) -> Iterator[Any]:
-    """Open an MLflow run in the params' experiment, logging all params flattened; yields the mlflow module.
-    With `run_id`, reopen that run instead (a resumed training continues its own metric history)."""
+def _connect(params: dict[str, Any]) -> Any:
+    """The mlflow module pointed at the params' store, with the params' experiment created and set."""
     os.environ.update(_OFFLINE_ENV)
     import mlflow
 
     uri, name = resolve_uri(params), params["tracking"]["experiment"]
-    print(f"ssame tracking: MLflow at {_redacted(uri)}", file=sys.stderr, flush=True)
+    log.info("MLflow at %s", _redacted(uri))
     _set_uri(mlflow, uri)
     if os.environ.get(ENV_URI):  # a server: it serialises writers and decides where artifacts go
         _ensure_experiment(mlflow, name, None)
@@ -102,12 +106,104 @@ def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str],
         with FileLock(db.with_suffix(".lock")):
             _ensure_experiment(mlflow, name, (db.parent / "artifacts").as_uri())
             mlflow.set_experiment(name)
+    return mlflow
+
+
+def _flat_params(params: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in _flatten(as_params(params).to_dict()).items()}
+
+
+def git_commit(root: str | Path = ".") -> str:
+    """HEAD's commit of the repository at `root`, with "-dirty" when tracked files differ; "unknown" outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def content_digest(path: Path) -> str:
+    """sha256 (16 hex digits) of a file's bytes, or of a folder's file names and bytes in sorted order, hidden
+    files left out (Snakemake marks a finished folder output with `.snakemake_timestamp`)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    for file in sorted(files):
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def job_tags(params: dict[str, Any], rule: str, wildcards: dict[str, str] | None = None,
+             inputs: dict[str, Path] | None = None) -> dict[str, str]:
+    """Tags of one job's run: `stage` (the Snakemake rule) and its wildcards (also as `ssame.wildcards`), the git
+    commit, the params digest and `ssame.input.<name>`, the content digest of each input file or folder."""
+    wildcards = wildcards or {}
+    return {"stage": rule, **wildcards, "ssame.wildcards": ",".join(f"{k}={v}" for k, v in wildcards.items()),
+            "mlflow.source.git.commit": git_commit(), "ssame.params_digest": fingerprint(params)[:16],
+            **{f"ssame.input.{name}": content_digest(path) for name, path in (inputs or {}).items()}}
+
+
+def log_datasets(mlflow: Any, files: dict[str, Path], context: str) -> None:
+    """Log each named dataset file as an input of the active run (MLflow's dataset tracking): the file as the
+    source, its content digest as the digest, `context` "train" or "eval"."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for name, path in files.items():
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice (schemes "" and "file")
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
+        mlflow.log_input(MetaDataset(source, name=name, digest=content_digest(Path(path))), context=context)
+
+
+def open_parent_run(params: dict[str, Any], params_file: str) -> str:
+    """Open the run of one `snakemake` invocation (RUNNING until `close_parent_run`) and export its id, so that
+    every job this process starts logs its run as a child (`mlflow_run`). Returns the run id."""
+    mlflow = _connect(params)
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(params["tracking"]["experiment"])
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    run = client.create_run(experiment.experiment_id, run_name=f"snakemake {started}", tags={
+        "stage": "workflow", "ssame.params_file": params_file, "mlflow.source.git.commit": git_commit(),
+        "ssame.params_digest": fingerprint(params)[:16]})
+    client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _flat_params(params).items()],
+                     synchronous=True)
+    os.environ[PARENT_ENV] = run.info.run_id
+    return run.info.run_id
+
+
+def close_parent_run(params: dict[str, Any], status: str) -> None:
+    """End the invocation's run opened by `open_parent_run` as FINISHED or FAILED (no-op when none is open)."""
+    run_id = os.environ.pop(PARENT_ENV, None)
+    if run_id:
+        _connect(params).MlflowClient().set_terminated(run_id, status)
+
+
+def _param(key: str, value: str) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, value)
+
+
+@contextmanager
+def mlflow_run(params: dict[str, Any], run_name: str, tags: dict[str, str], run_id: str | None = None,
+               system_metrics: bool = False) -> Iterator[Any]:
+    """Open an MLflow run in the params' experiment, logging all params flattened; yields the mlflow module.
+    The run is a child of the `snakemake` invocation's run when one is open (PARENT_ENV). With `run_id`, reopen
+    that run instead (a resumed training continues its own metric history). `system_metrics`: sample CPU, memory
+    and GPU use in the background while the run is open (MLflow's system metrics)."""
+    mlflow = _connect(params)
     if run_id is not None:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics):
             yield mlflow
         return
-    with mlflow.start_run(run_name=run_name, tags=tags):
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(as_params(params).to_dict()).items()})
+    parent = os.environ.get(PARENT_ENV)
+    with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent, log_system_metrics=system_metrics):
+        mlflow.log_params(_flat_params(params))
         yield mlflow
 
 

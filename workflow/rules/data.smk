@@ -19,4 +19,4 @@ rule data:
     log:
         f"{R}/logs/data.log",
     shell:
-        "ssame launch data --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"
+        "ssame launch data --gpus {resources.gpu} --params {PARAMS_FILE} --log-level {LOG_LEVEL} --threads {threads} > {log} 2>&1"

@@ -22,5 +22,5 @@ rule evaluate:
     log:
         f"{R}/logs/evaluate/{{variant}}/seed{{seed}}.log",
     shell:
-        "ssame launch evaluate --params {PARAMS_FILE} --variant {wildcards.variant} --seed {wildcards.seed}"
+        "ssame launch evaluate --params {PARAMS_FILE} --log-level {LOG_LEVEL} --variant {wildcards.variant} --seed {wildcards.seed}"
         " --threads {threads} --gpus {resources.gpu} > {log} 2>&1"

@@ -13,4 +13,4 @@ rule mirror:
     log:
         f"{R}/logs/mirror.log",
     shell:
-        "ssame launch mirror --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"
+        "ssame launch mirror --gpus {resources.gpu} --params {PARAMS_FILE} --log-level {LOG_LEVEL} --threads {threads} > {log} 2>&1"

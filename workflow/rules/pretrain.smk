@@ -18,4 +18,4 @@ rule pretrain:
     log:
         f"{R}/logs/pretrain.log",
     shell:
-        "ssame launch pretrain --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"
+        "ssame launch pretrain --gpus {resources.gpu} --params {PARAMS_FILE} --log-level {LOG_LEVEL} --threads {threads} > {log} 2>&1"

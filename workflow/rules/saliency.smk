@@ -17,4 +17,4 @@ rule saliency:
     log:
         f"{R}/logs/saliency.log",
     shell:
-        "ssame launch saliency --gpus {resources.gpu} --params {PARAMS_FILE} --threads {threads} > {log} 2>&1"
+        "ssame launch saliency --gpus {resources.gpu} --params {PARAMS_FILE} --log-level {LOG_LEVEL} --threads {threads} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule train:
     output:
         model=directory(f"{R}/train/{{variant}}/seed{{seed}}/model"),
         metrics=f"{R}/train/{{variant}}/seed{{seed}}/metrics.json",
+        history=f"{R}/train/{{variant}}/seed{{seed}}/history.csv",
     params:
         model=P["model"],
         train={k: v for k, v in P["train"].items() if k not in ("variants", "seeds")},
@@ -22,5 +23,5 @@ rule train:
     log:
         f"{R}/logs/train/{{variant}}/seed{{seed}}.log",
     shell:
-        "ssame launch train --params {PARAMS_FILE} --variant {wildcards.variant} --seed {wildcards.seed}"
+        "ssame launch train --params {PARAMS_FILE} --log-level {LOG_LEVEL} --variant {wildcards.variant} --seed {wildcards.seed}"
         " --threads {threads} --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"

@@ -363,6 +363,10 @@ class Paths:
     def train_metrics(self, variant: str, seed: int) -> Path:
         return self.results / "train" / self.run(variant, seed) / "metrics.json"
 
+    def train_history(self, variant: str, seed: int) -> Path:
+        """Per-step training losses (one row per optimizer step), for curves and `dvc plots`."""
+        return self.results / "train" / self.run(variant, seed) / "history.csv"
+
     def checkpoints(self, variant: str, seed: int) -> Path:
         """Resumable training state; deliberately not a Snakemake output (Snakemake clears outputs of failed jobs)."""
         return self.results / "checkpoints" / self.run(variant, seed)

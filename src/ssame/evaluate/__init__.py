@@ -8,6 +8,7 @@ or sharded: `accelerate launch -m ssame evaluate ...` (or torchrun) gives identi
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -38,11 +39,14 @@ from ssame.evaluate.encode import Encoded, Key, encode
 from ssame.evaluate.interpret import FIGURES, load_mask
 from ssame.evaluate.metrics import rank_candidates, ranking_metrics
 from ssame.evaluate.stats import bootstrap_aggregates
+from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder
 from ssame.model.backbone import pixel_budget, square_side
 from ssame.model.inputs import ImageDecodeError
 from ssame.saliency.store import SaliencyStore
-from ssame.tracking import mlflow_run
+from ssame.tracking import MODEL_DIGEST_TAG, job_tags, log_datasets, mlflow_run
+
+log = logging.getLogger(__name__)
 
 
 def unique_inputs(frame: pd.DataFrame) -> tuple[list[Key], list[Key]]:
@@ -151,6 +155,16 @@ class DatasetEvaluator:
         return record, hits, found["seconds"]
 
 
+def link_train_run(mlflow: Any, model_digest: str) -> None:
+    """Tag the active run with the id of the train run that logged this exact model folder (`ssame.train_run_id`),
+    found by content digest; "not found" when that run was not tracked in this store."""
+    found = mlflow.search_runs(filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{model_digest}'",
+                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not found:
+        log.warning("no train run in the MLflow store logged this model (digest %s)", model_digest)
+    mlflow.set_tag("ssame.train_run_id", found[0].info.run_id if found else "not found")
+
+
 def check_processor(image_processor, pixels: int, model_dir: Path) -> None:
     """The model folder's image processor must use the pixel budget of params `model` (what training used)."""
     size = (image_processor.size["shortest_edge"], image_processor.size["longest_edge"])
@@ -173,13 +187,23 @@ def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
     paths, state, eval_dir = evaluator.paths, evaluator.state, evaluator.eval_dir
     manifest = read_manifest(paths.data)
     manifest = manifest[manifest["num_queries"] > 0]
-    tags = {"stage": "evaluate", "variant": variant, "seed": str(seed)}
-    run = mlflow_run(params, f"evaluate/{variant}/seed{seed}", tags) if state.is_main_process else None
+    run = None
+    if state.is_main_process:
+        inputs = {"model": paths.model(variant, seed), "data_manifest": paths.data / "manifest.csv"}
+        tags = job_tags(params, "evaluate", {"variant": variant, "seed": str(seed)}, inputs)
+        run = mlflow_run(params, f"evaluate/{variant}/seed{seed}", tags)
     with run or contextlib.nullcontext() as mlflow:
+        if mlflow is not None:
+            link_train_run(mlflow, tags["ssame.input.model"])
+            log_datasets(mlflow, {name: eval_path(paths.data, name) for name in manifest["dataset"]}, "eval")
         records, hits = {}, {}
-        for row in manifest.itertuples():
+        progress = Progress(log, "dataset", len(manifest), 1)
+        for done, row in enumerate(manifest.itertuples(), 1):
             record, hits[row.dataset], seconds = evaluator(row)
             records[row.dataset] = record
+            if state.is_main_process:
+                progress.update(done, name=row.dataset, hit_at_1=record["hit_at_1"],
+                                encoded=f"{record['forward_passes']} inputs in {seconds:.1f} s")
             if mlflow is not None:
                 speed = {"inputs_per_second": record["forward_passes"] / seconds} if seconds else {}
                 mlflow.log_metrics({f"{k}.{row.dataset}": v for k, v in (record | speed).items()

@@ -7,6 +7,7 @@ Writes `<results_dir>/pretrain/model/` (save_pretrained: model, tokenizer, image
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -18,14 +19,16 @@ from transformers import get_linear_schedule_with_warmup
 
 from ssame.atomic import atomic_dir, write_json
 from ssame.config import Paths, as_params, uses_pretrain
+from ssame.logs import Progress
 from ssame.model import InputBuilder
 from ssame.model.backbone import load_backbone, square_side
 from ssame.pretrain.corpus import QUESTIONS, SAMPLES_PER_SCENE, build_corpus
 from ssame.pretrain.lm import encode, lm_loss
 from ssame.pretrain.probe import probe
-from ssame.tracking import StepLogger, mlflow_run
+from ssame.tracking import StepLogger, job_tags, mlflow_run
 
 LOG_EVERY = 20
+log = logging.getLogger(__name__)
 
 
 def build(params: Mapping[str, Any]) -> dict[str, float]:
@@ -51,8 +54,11 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
                          f"{SAMPLES_PER_SCENE} per scene of pretrain.scenes {cfg['scenes']})")
     losses: list[float] = []
     model.train()
-    with mlflow_run(params, "pretrain", {"stage": "pretrain"}) as mlflow:
+    tags = job_tags(params, "pretrain", inputs={"data_manifest": paths.data / "manifest.csv",
+                                                "tokenizer": paths.data / "tokenizer"})
+    with mlflow_run(params, "pretrain", tags, system_metrics=True) as mlflow:
         logger = StepLogger(mlflow)
+        progress = Progress(log, "step", cfg["steps"], params["tracking"]["progress_every"])
         began, rows = time.perf_counter(), np.empty(0, dtype=int)
         for step in range(1, cfg["steps"] + 1):
             if len(rows) < cfg["batch_size"]:
@@ -68,6 +74,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"pretrain: the loss is {losses[-1]} at step {step}; lower pretrain.lr")
             logger.log({"loss_lm": losses[-1], "lr": lr}, step)
+            progress.update(step, loss_lm=losses[-1], lr=lr)
             if step % LOG_EVERY == 0:
                 logger.flush()
         train_seconds = time.perf_counter() - began
@@ -88,6 +95,6 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
         mlflow.log_artifact(str(paths.pretrain / "metrics.json"))
     probed = ", ".join(f"{k}: {metrics[f'probe_{k}_accuracy']:.2f}" for k in QUESTIONS
                        if f"probe_{k}_accuracy" in metrics)
-    print(f"pretrain: loss {metrics['loss_lm_first']:.3f} -> {metrics['loss_lm']:.3f} in {cfg['steps']} steps "
-          f"({train_seconds:.1f} s); probe accuracy: {probed or 'not run (pretrain.probe_scenes: 0)'}")
+    log.info("loss %.3f -> %.3f in %d steps (%.1f s); probe accuracy: %s", metrics["loss_lm_first"],
+             metrics["loss_lm"], cfg["steps"], train_seconds, probed or "not run (pretrain.probe_scenes: 0)")
     return metrics

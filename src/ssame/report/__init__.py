@@ -7,10 +7,21 @@ from pathlib import Path
 from ssame.config import Paths, as_params
 from ssame.data.io import read_manifest
 from ssame.evaluate.stats import variant_hits
-from ssame.report.figures import metatask_bars, saliency_overlays
+from ssame.report.figures import (
+    FORMATS,
+    ablation_bars,
+    metatask_bars,
+    per_dataset_heatmap,
+    read_histories,
+    saliency_overlays,
+    training_curves,
+)
 from ssame.report.saliency import build_saliency_report
 from ssame.report.tables import (
+    SCORE_COLUMNS,
+    ablation_delta_table,
     ablation_table,
+    best_in_column,
     ci_table,
     interpretability_table,
     load_aggregates,
@@ -21,26 +32,20 @@ from ssame.report.tables import (
     write_table,
 )
 
-OUTPUT_FILES = [
-    "tables/main.csv",
-    "tables/main.md",
-    "tables/ablation.csv",
-    "tables/ablation.md",
-    "tables/per_dataset.csv",
-    "tables/per_dataset.md",
-    "figures/metatask_bars.png",
-    "figures/saliency_overlays.png",
-    "tables/saliency_quality.csv",
-    "tables/saliency_quality.md",
-    "tables/ci.csv",
-    "tables/ci.md",
-    "tables/significance.csv",
-    "tables/significance.md",
-    "tables/published.csv",
-    "tables/published.md",
-    "tables/interpretability.csv",
-    "tables/interpretability.md",
-]  # plus figures/saliency_<method>.png for every method of params saliency.quality.experts and "fusion"
+TABLES = ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published", "interpretability",
+          "saliency_quality"]
+FIGURES = ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars", "saliency_overlays"]
+TABLE_FORMATS = (".csv", ".md", ".tex", ".html")
+OUTPUT_FILES = [f"tables/{t}{x}" for t in TABLES for x in TABLE_FORMATS] + [
+    f"figures/{f}{x}" for f in FIGURES for x in FORMATS
+]  # plus figures/saliency_<method>.{png,pdf} for every method of params saliency.quality.experts and "fusion"
+
+
+REFERENCE = "ssame"  # the full SSA-ME: every other variant's delta in tables/ablation_delta
+
+
+def _p_formats(table) -> list[str]:
+    return [".4f" if column.startswith("p_") else ".1f" for column in table.columns]
 
 
 def build(params: dict) -> None:
@@ -53,17 +58,25 @@ def build(params: dict) -> None:
     datasets = manifest["dataset"].tolist()
     scores, per_dataset = load_aggregates(results, variants, seeds, datasets)
     tables = reports / "tables"
-    write_table(main_table(scores), tables / "main")
+    main = main_table(scores)
+    write_table(main, tables / "main", bold=best_in_column(main, SCORE_COLUMNS))
     write_table(ablation_table(scores), tables / "ablation")
-    write_table(per_dataset_table(per_dataset, manifest, variants), tables / "per_dataset")
+    by_dataset = per_dataset_table(per_dataset, manifest, variants)
+    write_table(by_dataset, tables / "per_dataset")
     boot = params["evaluate"]["bootstrap"]
     hits = {variant: variant_hits(Paths.from_params(params), variant, seeds, datasets) for variant in variants}
     write_table(ci_table(hits, scores, manifest, boot["samples"], boot["seed"]), tables / "ci")
     significance = significance_table(hits, scores, manifest, boot["samples"], boot["seed"])
-    write_table(significance, tables / "significance",
-                floatfmt=[".4f" if column == "p_value" else ".1f" for column in significance.columns])
-    write_table(published_table(per_dataset, manifest, params["model"]["backbone"]), tables / "published")
+    write_table(significance, tables / "significance", floatfmt=_p_formats(significance))
+    delta = ablation_delta_table(significance, REFERENCE)
+    write_table(delta, tables / "ablation_delta", floatfmt=_p_formats(delta))
+    published = published_table(per_dataset, manifest, params["model"]["backbone"])
+    write_table(published, tables / "published", bold=best_in_column(published, SCORE_COLUMNS, within="benchmark"))
     write_table(interpretability_table(results, variants, seeds), tables / "interpretability")
-    metatask_bars(scores, reports / "figures" / "metatask_bars.png")
-    saliency_overlays(results, datasets, reports / "figures" / "saliency_overlays.png")
+    figures = reports / "figures"
+    metatask_bars(scores, figures / "metatask_bars.png")
+    training_curves(read_histories(results, variants, seeds), figures / "training_curves.png")
+    per_dataset_heatmap(by_dataset, variants, figures / "per_dataset_heatmap.png")
+    ablation_bars(delta, figures / "ablation_bars.png")
+    saliency_overlays(results, datasets, figures / "saliency_overlays.png")
     build_saliency_report(results, reports)

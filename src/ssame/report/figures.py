@@ -1,4 +1,5 @@
-"""Report figures: meta-task bars over seeds and saliency overlays of sample query images."""
+"""Report figures, each as PNG (the HTML report, the README) and PDF (a manuscript): meta-task bars over seeds,
+training curves, the per-dataset heatmap, ablation deltas with CIs and saliency overlays of sample query images."""
 
 from __future__ import annotations
 
@@ -35,11 +36,87 @@ METRIC_LABELS = {
 PANEL_TITLES = ["image", "saliency map", "overlay", "ground-truth mask"]
 
 
+FORMATS = (".png", ".pdf")
+SMOOTHING = 10  # steps in the rolling mean of a training curve
+
+
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Write `fig` atomically (the format from the suffix of `path`) and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI)
+    """Write `fig` atomically as `path` (.png) and its .pdf sibling, then close it."""
+    for suffix in FORMATS:
+        metadata = {"CreationDate": None} if suffix == ".pdf" else None  # the same figure, the same bytes
+        with atomic_path(path.with_suffix(suffix)) as tmp:
+            fig.savefig(tmp, dpi=DPI, format=suffix[1:], metadata=metadata)
     plt.close(fig)
+
+
+def read_histories(results_dir: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Every training job's `history.csv` stacked, with `variant` and `seed` columns."""
+    frames = []
+    for variant in variants:
+        for seed in seeds:
+            path = results_dir / "train" / variant / f"seed{seed}" / "history.csv"
+            if not path.is_file():
+                raise FileNotFoundError(f"missing training history: {path}")
+            frame = pd.read_csv(path)
+            if "step" not in frame or "loss_nce" not in frame:
+                raise KeyError(f"{path}: needs columns 'step' and 'loss_nce', has {list(frame.columns)}")
+            frames.append(frame.assign(variant=variant, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def training_curves(histories: pd.DataFrame, path: Path) -> None:
+    """Sample-level InfoNCE and total loss per step (rolling mean over SMOOTHING steps): mean ± sd over seeds."""
+    order = list(dict.fromkeys(histories["variant"]))  # params order, not sorted
+    smooth = histories.sort_values("step").copy()
+    terms = ["loss_nce", "loss"]
+    smooth[terms] = smooth.groupby(["variant", "seed"])[terms].transform(
+        lambda s: s.rolling(SMOOTHING, min_periods=1).mean())
+    fig, axes = plt.subplots(1, 2, figsize=BARS_FIGSIZE, sharex=True)
+    for ax, term, title in zip(axes, terms, ["InfoNCE (sample level)", "total objective"], strict=True):
+        sns.lineplot(data=smooth, x="step", y=term, hue="variant", hue_order=order, errorbar="sd", ax=ax,
+                     legend=ax is axes[-1])
+        ax.set(title=title, ylabel="loss", xlabel="optimizer step")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), title="variant")
+    fig.suptitle(f"Training loss, rolling mean over {SMOOTHING} steps; band = sd over seeds")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def per_dataset_heatmap(table: pd.DataFrame, variants: list[str], path: Path) -> None:
+    """hit@1 (%) per dataset (rows, grouped by meta-task and split) and variant (columns), mean over seeds."""
+    frame = table.sort_values(["meta_task", "split", "dataset"], kind="stable")
+    labels = [f"{d} ({m}, {s})" for d, m, s in zip(frame["dataset"], frame["meta_task"], frame["split"], strict=True)]
+    values = frame.set_index(pd.Index(labels))[variants]
+    fig, ax = plt.subplots(figsize=(1.2 * len(variants) + 4, 0.32 * len(values) + 1.5))
+    sns.heatmap(values, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax,
+                cbar_kws={"label": "hit@1 (%)"})
+    ax.set(xlabel="", ylabel="", title="hit@1 per dataset, mean over seeds")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def ablation_bars(delta: pd.DataFrame, path: Path) -> None:
+    """Each variant minus the full SSA-ME per aggregate, in hit@1 points, with the paired-bootstrap 95 % CI."""
+    frame = delta[delta["aggregate"].isin(METRIC_LABELS)]
+    metrics = [m for m in METRIC_LABELS if m in set(frame["aggregate"])]
+    methods = list(dict.fromkeys(frame["method"]))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=BARS_FIGSIZE)
+    if not methods:
+        ax.text(0.5, 0.5, "no variant to compare with the full SSA-ME (ssame)", ha="center", va="center")
+    for i, method in enumerate(methods):
+        rows = frame[frame["method"] == method].set_index("aggregate").loc[metrics]
+        x = np.arange(len(metrics)) + (i - (len(methods) - 1) / 2) * width
+        err = np.vstack([rows["delta"] - rows["ci95_lo"], rows["ci95_hi"] - rows["delta"]])
+        ax.bar(x, rows["delta"], width, yerr=err, capsize=2, label=method)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(metrics)), [METRIC_LABELS[m] for m in metrics])
+    ax.set(ylabel="Δ hit@1 vs SSA-ME (points)", title="Ablations against the full model (95 % CI over queries)")
+    if methods:
+        ax.legend(loc="upper left", bbox_to_anchor=(1, 1), title="variant")
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def metatask_bars(scores: pd.DataFrame, path: Path) -> None:

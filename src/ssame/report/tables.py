@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from itertools import combinations
 from numbers import Real
@@ -16,6 +17,7 @@ from ssame.data.hub import mmeb_datasets
 from ssame.evaluate.aggregate import GROUPS, aggregate, published_aggregates, published_summary
 from ssame.evaluate.stats import bootstrap_aggregates, paired_bootstrap_groups
 
+log = logging.getLogger(__name__)
 SCORE_COLUMNS = list(GROUPS)
 SUMMARY_LABEL = "mean ± std"
 PER_DATASET_SOURCE = "per-dataset scores (VLM2Vec repo)"
@@ -177,6 +179,31 @@ def significance_table(hits: Hits, scores: pd.DataFrame, manifest: pd.DataFrame,
     return pd.DataFrame(rows, columns=columns)
 
 
+def ablation_delta_table(significance: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every other variant against `reference` (the full SSA-ME), per aggregate, in hit@1 points: delta = variant −
+    reference with its 95 % CI and p-value from `significance_table`, and `p_holm`, the p-values Holm-adjusted within
+    each aggregate over the variants compared (one family per aggregate: "is this variant different from the full
+    model?" asked once per variant)."""
+    from statsmodels.stats.multitest import multipletests
+
+    involved = significance[(significance["a"] == reference) | (significance["b"] == reference)]
+    if involved.empty:  # e.g. a run of the baseline alone: the table keeps its columns, with no rows
+        log.warning("ablation table: no variant is compared with %r (not in train.variants, or alone)", reference)
+        return pd.DataFrame(columns=["method", "aggregate", "delta", "ci95_lo", "ci95_hi", "p_value", "p_holm"])
+    flip = involved["a"] == reference  # delta = a − b; the table wants other − reference
+    sign = np.where(flip, -1.0, 1.0)
+    table = pd.DataFrame({
+        "method": np.where(flip, involved["b"], involved["a"]), "aggregate": involved["aggregate"],
+        "delta": sign * involved["delta"],
+        "ci95_lo": np.where(flip, -involved["ci95_hi"], involved["ci95_lo"]),
+        "ci95_hi": np.where(flip, -involved["ci95_lo"], involved["ci95_hi"]),
+        "p_value": involved["p_value"]})
+    table["p_holm"] = table.groupby("aggregate")["p_value"].transform(
+        lambda p: multipletests(p, method="holm")[1])
+    rank = table["aggregate"].map({key: i for i, key in enumerate(GROUPS)})
+    return table.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)  # variants in run order
+
+
 def benchmark_label(datasets: Sequence[str]) -> str:
     """"MMEB" for exactly the 36 MMEB datasets, "MMEB subset (k of 36)" for fewer, else "MMEB-mini"."""
     names, mmeb = set(datasets), set(mmeb_datasets().index)
@@ -203,9 +230,58 @@ def published_table(per_dataset: pd.DataFrame, manifest: pd.DataFrame, backbone:
     return pd.concat([published[columns], summary[columns], pd.DataFrame(ours, columns=columns)], ignore_index=True)
 
 
-def write_table(table: pd.DataFrame, stem: Path, floatfmt: str | Sequence[str] = ".1f") -> None:
-    """Write `table` to `<stem>.csv` and `<stem>.md` (GitHub-style markdown, floats as `floatfmt`, one format or one
-    per column)."""
+def _formats(table: pd.DataFrame, floatfmt: str | Sequence[str]) -> dict[str, str]:
+    """Column -> format spec of its floats (one spec for all, or one per column)."""
+    specs = [floatfmt] * len(table.columns) if isinstance(floatfmt, str) else list(floatfmt)
+    return dict(zip(table.columns, specs, strict=True))
+
+
+def best_in_column(table: pd.DataFrame, columns: Sequence[str], within: str | None = None) -> pd.DataFrame:
+    """Boolean frame: True where a cell of `columns` is its column's maximum (within each group of `within`)."""
+    best = pd.DataFrame(False, index=table.index, columns=table.columns)
+    groups = table.groupby(within, sort=False) if within else [(None, table)]
+    for _, group in groups:
+        for column in columns:
+            values = pd.to_numeric(group[column], errors="coerce")
+            if values.notna().any():
+                best.loc[group.index, column] = values == values.max()
+    return best
+
+
+def _styler(table: pd.DataFrame, floatfmt: str | Sequence[str], bold: pd.DataFrame | None, escape: str,
+            bold_props: str):
+    """pandas Styler of `table` without its index: floats as `floatfmt`, NaN as --, text escaped for `escape`
+    ("latex" or "html"), cells True in `bold` styled with `bold_props`."""
+    specs = _formats(table, floatfmt)
+    formatters = {c: (lambda v, spec=specs[c]: format(v, spec)) for c in table.columns
+                  if pd.api.types.is_float_dtype(table[c])}
+    styler = table.style.hide(axis="index").format(formatters, na_rep="--", escape=escape)
+    styler = styler.format_index(escape=escape, axis=1)
+    if bold is not None:
+        styler = styler.apply(lambda _: bold.replace({True: bold_props, False: ""}), axis=None)
+    return styler
+
+
+def latex_table(table: pd.DataFrame, floatfmt: str | Sequence[str] = ".1f", bold: pd.DataFrame | None = None) -> str:
+    """A booktabs tabular of `table` (\\usepackage{booktabs}); cells True in `bold` in bold."""
+    align = "".join("r" if pd.api.types.is_numeric_dtype(table[c]) else "l" for c in table.columns)
+    return _styler(table, floatfmt, bold, "latex", "textbf:--rwrap;").to_latex(hrules=True, column_format=align)
+
+
+def html_table(table: pd.DataFrame, floatfmt: str | Sequence[str] = ".1f", bold: pd.DataFrame | None = None) -> str:
+    """A standalone HTML page of `table` (what the Snakemake report shows); cells True in `bold` in bold."""
+    styler = _styler(table, floatfmt, bold, "html", "font-weight: bold;").set_table_styles([
+        {"selector": "", "props": "border-collapse: collapse; font: 14px sans-serif;"},
+        {"selector": "th, td", "props": "padding: 3px 10px; border-bottom: 1px solid #ccc; text-align: right;"}])
+    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n{styler.to_html()}</body></html>\n"
+
+
+def write_table(table: pd.DataFrame, stem: Path, floatfmt: str | Sequence[str] = ".1f",
+                bold: pd.DataFrame | None = None) -> None:
+    """Write `table` to `<stem>.csv`, `<stem>.md` (GitHub-style markdown, floats as `floatfmt`, one format or one
+    per column), `<stem>.tex` (`latex_table`) and `<stem>.html` (`html_table`), cells True in `bold` in bold."""
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)
     write_text(stem.with_suffix(".md"), table.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    write_text(stem.with_suffix(".tex"), latex_table(table, floatfmt, bold))
+    write_text(stem.with_suffix(".html"), html_table(table, floatfmt, bold))

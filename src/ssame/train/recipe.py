@@ -16,19 +16,22 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_linear_schedule_with_warmup
 
-from ssame.atomic import write_json
+from ssame.atomic import atomic_path, write_json
 from ssame.config import Paths, as_params, uses_pretrain, variant_uses_saliency
-from ssame.data.io import image_root
+from ssame.data.io import image_root, train_path
+from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.backbone import square_side
-from ssame.model.embedder import CONFIG_FILE
+from ssame.model.mlflow_model import log_embedder
 from ssame.saliency.store import SaliencyStore
-from ssame.tracking import StepLogger, mlflow_run
+from ssame.tracking import MODEL_DIGEST_TAG, StepLogger, content_digest, job_tags, log_datasets, mlflow_run
 from ssame.train import checkpoint
 from ssame.train.batches import BatchOrder, training_rows
 from ssame.train.clip import check_deepspeed_clipping, clip_gradients
@@ -36,6 +39,7 @@ from ssame.train.data import StepDataset, step_loader
 from ssame.train.objective import Objective
 
 LOG_EVERY = 10  # MLflow writes per-step metrics in batches of this many steps
+log = get_logger(__name__)  # the main process's records only
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -100,6 +104,29 @@ def save_model(params: dict[str, Any], variant_name: str, accelerator: Accelerat
         accelerator.unwrap_model(embedder).save(model_dir, tokenizer, image_processor)
 
 
+def job_inputs(params: dict[str, Any], variant_name: str) -> dict[str, Path]:
+    """The files a training job reads, by name, for its run's input digests."""
+    paths = Paths.from_params(params)
+    inputs = {"data_manifest": paths.data / "manifest.csv"}
+    if pretrained_backbone(params):
+        inputs["pretrained"] = pretrained_backbone(params)
+    if variant_uses_saliency(params["variants"][variant_name]):
+        inputs["saliency_manifest"] = paths.saliency / "manifest.json"
+    return inputs
+
+
+def embedder_dim(accelerator: Accelerator, embedder) -> int:
+    return accelerator.unwrap_model(embedder).qwen.config.text_config.hidden_size
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    """One CSV row per optimizer step: `step` (from 1) and every term of the objective's record."""
+    frame = pd.DataFrame(history)
+    frame.insert(0, "step", range(1, len(frame) + 1))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def check_distribution(cfg, accelerator: Accelerator) -> None:
     """Refuse settings the launch cannot honour (GradCache or mismatched clipping under DeepSpeed, an uneven batch)."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -122,9 +149,9 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
     set_seed(seed)
     accelerator = make_accelerator()
     check_distribution(cfg, accelerator)
-    accelerator.print(f"train {variant_name}/seed{seed}: processes: {accelerator.num_processes}, "
-                      f"distributed: {accelerator.distributed_type.value}, device: {accelerator.device}, "
-                      f"data workers per process: {cfg['num_workers']}")
+    log.info("train %s/seed%d: processes: %d, distributed: %s, device: %s, data workers per process: %d",
+             variant_name, seed, accelerator.num_processes, accelerator.distributed_type.value, accelerator.device,
+             cfg["num_workers"])
     ckpt_dir, every = paths.checkpoints(variant_name, seed), cfg["checkpoint_every"] or 0
     shaped_by = checkpoint.params_record(params, variant_name, seed)
     last = checkpoint.latest(ckpt_dir) if every else None
@@ -137,17 +164,21 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
         checkpoint.restore(accelerator, last)
         start_step, history, run_id, elapsed = (resumed["step"], resumed["history"], resumed["run_id"],
                                                 resumed["seconds"])
-        accelerator.print(f"resumed {variant_name}/seed{seed} from {last} (step {start_step})")
+        log.info("resumed %s/seed%d from %s (step %d)", variant_name, seed, last, start_step)
     rows = objective.annotate(training_rows(paths.data))  # once: 5 ms/step less than per batch (default profile)
     steps = StepDataset(rows, BatchOrder(len(rows), cfg["batch_size"], seed), objective.preparer,
                         accelerator.num_processes, accelerator.process_index, cfg["grad_cache_chunk_size"],
                         cfg["steps"])
     loader = step_loader(steps, start_step, cfg["num_workers"], accelerator.device.type == "cuda")
     run_name = f"train/{variant_name}/seed{seed}"
-    tags = {"stage": "train", "variant": variant_name, "seed": str(seed)}
     main = accelerator.is_main_process
-    with mlflow_run(params, run_name, tags, run_id=run_id) if main else nullcontext() as mlflow:
+    tags = job_tags(params, "train", {"variant": variant_name, "seed": str(seed)}, job_inputs(params, variant_name)) \
+        if main else {}
+    with mlflow_run(params, run_name, tags, run_id=run_id, system_metrics=True) if main else nullcontext() as mlflow:
         logger = StepLogger(mlflow) if main else None
+        if main and run_id is None:
+            log_datasets(mlflow, {name: train_path(paths.data, name) for name in rows["dataset"].unique()}, "train")
+        progress = Progress(log, "step", cfg["steps"], params["tracking"]["progress_every"], start_step)
         begin, tick = time.perf_counter() - elapsed, time.perf_counter()
         for step, batch in enumerate(loader, start_step + 1):
             lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
@@ -158,6 +189,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             optimizer.zero_grad()
             seconds, tick = time.perf_counter() - tick, time.perf_counter()  # data wait included
             history.append(record)
+            progress.update(step, loss=record["loss"], lr=lr)
             if logger:
                 logger.log({**record, "lr": lr, "grad_norm": grad_norm,
                             "samples_per_second": cfg["batch_size"] / seconds,
@@ -182,8 +214,13 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             logger.flush()
             mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
             write_json(paths.train_metrics(variant_name, seed), metrics)
+            write_history(history, paths.train_history(variant_name, seed))
             mlflow.log_artifact(str(paths.train_metrics(variant_name, seed)))
-            mlflow.log_artifact(str(model_dir / CONFIG_FILE))
+            mlflow.set_tag(MODEL_DIGEST_TAG, content_digest(model_dir))  # how evaluate runs find this run
+            model = params["model"]
+            log_embedder(mlflow, model_dir, {"attn_implementation": model["attn_implementation"],
+                                             "mrope": model["mrope"], "max_text_tokens": cfg["max_text_tokens"],
+                                             "image_side": square_side(model)}, embedder_dim(accelerator, embedder))
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete: its checkpoints are dead weight
     accelerator.wait_for_everyone()
     return metrics
