@@ -67,6 +67,10 @@ def _write_inputs(results: Path) -> None:
             path = results / "eval" / variant / f"seed{seed}" / "aggregate.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(record))
+            maps = {name: [{"text": "q", "image": f"{name}/q0.png", "grid": [2, 2],
+                            "attention": np.random.default_rng([seed, 6]).random((2, 2)).tolist()}]
+                    for name in DATASETS if name != "TextRet"}
+            (path.parent / "attention.json").write_text(json.dumps(maps))
             history = results / "train" / variant / f"seed{seed}" / "history.csv"
             history.parent.mkdir(parents=True)
             loss = np.linspace(2.0, 1.0, 12) + np.random.default_rng([seed, 5]).normal(0, 0.05, 12)
@@ -151,6 +155,18 @@ def test_build_writes_tables_and_figures(params: dict) -> None:
         assert f"\\textbf{{{best:.1f}}}" in latex
     assert latex.count("\\textbf") == sum((main[k] == main[k].max()).sum() for k in SCORE_COLUMNS)
     assert "\nbaseline & overall & " in (reports / "tables" / "ablation_delta.tex").read_text()
+
+
+def test_attention_maps_are_seed_means_of_the_same_queries(params: dict) -> None:
+    from ssame.report.figures import read_attention
+
+    results = Path(params["results_dir"])
+    maps = read_attention(results, "ssame", SEEDS)
+    expected = np.mean([np.random.default_rng([seed, 6]).random((2, 2)) for seed in SEEDS], axis=0)
+    np.testing.assert_allclose(maps[("ShapeCls", "q", "ShapeCls/q0.png")], expected)
+    path = results / "eval" / "ssame" / "seed1" / "attention.json"
+    path.write_text(json.dumps({"ShapeCls": []}))  # a query one seed lacks has no seed mean: left out
+    assert read_attention(results, "ssame", SEEDS) == {}
 
 
 def test_ablation_delta_holm_adjusted_within_each_aggregate() -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -93,6 +94,16 @@ def test_evaluate_writes_scores_for_every_dataset(small):
     assert 0 <= summary["overall"] <= 1
     scores = Paths.from_params(small).eval("baseline", 0) / "scores"
     assert len(list(scores.glob("*.json"))) == len(manifest)
+    # attention maps of the first query images of every dataset: a (rows, cols) grid of weights in [0, 1]
+    maps = json.loads((Paths.from_params(small).eval("baseline", 0) / "attention.json").read_text())
+    assert set(maps) == set(manifest["dataset"])
+    for dataset, records in maps.items():
+        frame = data.io.read_eval(Paths.from_params(small).data, dataset)
+        images = list(dict.fromkeys(i for i in frame["qry_img_path"] if i))
+        assert [r["image"] for r in records] == images[:small["evaluate"]["attention_maps"]]
+        for record in records:
+            weights = np.asarray(record["attention"])
+            assert list(weights.shape) == record["grid"] and (weights >= 0).all() and weights.sum() <= 1 + 1e-5
 
 
 def _launch(params_file, variant: str) -> subprocess.Popen:

@@ -7,6 +7,7 @@ rule evaluate:
         saliency=saliency_if_used,
     output:
         aggregate=f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json",
+        attention=f"{R}/eval/{{variant}}/seed{{seed}}/attention.json",
         scores=directory(f"{R}/eval/{{variant}}/seed{{seed}}/scores"),
         predictions=directory(f"{R}/eval/{{variant}}/seed{{seed}}/predictions"),
         embeddings=directory(f"{R}/eval/{{variant}}/seed{{seed}}/embeddings"),

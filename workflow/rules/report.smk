@@ -17,6 +17,7 @@ rule report:
         aggregates=expand(f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json", variant=VARIANTS, seed=SEEDS),
         predictions=expand(f"{R}/eval/{{variant}}/seed{{seed}}/predictions", variant=VARIANTS, seed=SEEDS),
         histories=expand(f"{R}/train/{{variant}}/seed{{seed}}/history.csv", variant=VARIANTS, seed=SEEDS),
+        attention=expand(f"{R}/eval/{{variant}}/seed{{seed}}/attention.json", variant=VARIANTS, seed=SEEDS),
         saliency=rules.saliency.output.manifest,
         quality=rules.saliency.output.quality,
     output:
@@ -46,6 +47,8 @@ rule report:
         heatmap_pdf=f"{REPORTS}/figures/per_dataset_heatmap.pdf",
         ablation_bars=figure("ablation_bars"),
         ablation_bars_pdf=f"{REPORTS}/figures/ablation_bars.pdf",
+        attention=figure("attention_grid"),
+        attention_pdf=f"{REPORTS}/figures/attention_grid.pdf",
         overlays=figure("saliency_overlays"),
         overlays_pdf=f"{REPORTS}/figures/saliency_overlays.pdf",
         saliency_methods=[report(f"{REPORTS}/figures/saliency_{m}.png", caption="../report/saliency_method.rst",

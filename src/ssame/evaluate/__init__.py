@@ -93,6 +93,8 @@ class DatasetEvaluator:
                          "image_side": square_side(model), "pixels": pixel_budget(model)}
         self.unreadable = read_unreadable(self.paths.data)
         self.checks = read_eval_checks(self.paths.data)
+        self.samples = params["evaluate"]["attention_maps"]
+        self.maps: dict[str, list[dict[str, Any]]] = {}
         self.model_files = [model_dir, *([self.paths.saliency] if self.store else [])]
         self._masks: dict[str, np.ndarray | None] = {}
 
@@ -123,6 +125,20 @@ class DatasetEvaluator:
             cache.save(self.cache_dir, dataset, tensors, keys, {"fingerprint": stamp, "forward_passes": passes})
         return {"tensors": tensors, "forward_passes": passes, "seconds": seconds}
 
+    @torch.no_grad()
+    def sample_attention(self, keys: list[Key]) -> list[dict[str, Any]]:
+        """The pooled token's attention over the visual tokens of each (text, image) query, as a (rows, cols) map
+        of the merged token grid (the report's "where the model looks" grid)."""
+        if not keys:
+            return []
+        texts, images = (list(x) for x in zip(*keys, strict=True))
+        batch = self.build(texts, images, self.store)
+        batch.inputs = {k: v.to(self.state.device) for k, v in batch.inputs.items()}
+        out = self.embedder(batch, with_attention=True)
+        return [{"text": text, "image": image, "grid": list(grid),
+                 "attention": attention.float().cpu().reshape(grid).tolist()}
+                for (text, image), attention, grid in zip(keys, out.visual_attention, batch.grids, strict=True)]
+
     def __call__(self, row: Any) -> tuple[dict[str, Any], np.ndarray, float]:
         """(scores record, per-row hits, encode seconds) of one manifest row; files written by the main process."""
         full = read_eval(self.paths.data, row.dataset)
@@ -136,6 +152,8 @@ class DatasetEvaluator:
         except ImageDecodeError as err:
             raise DataFormatError(f"{rows.locate(full, row.dataset, {err.path})} cannot be decoded: {err}") from err
         tensors = found["tensors"]
+        if self.state.is_main_process:
+            self.maps[row.dataset] = self.sample_attention([q for q in queries if q[1]][:self.samples])
         ranks, rankings = rank_rows(frame, queries, tensors["query"], cands, tensors["candidate"])
         hits = (np.asarray(ranks) == 1).astype(np.float64)
         unique = len(queries) + len(cands)
@@ -220,6 +238,7 @@ def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
             replace_dir(evaluator.cache_dir / "embeddings", eval_dir / "embeddings")
             shutil.rmtree(evaluator.cache_dir)
             write_json(eval_dir / "aggregate.json", summary)
+            write_json(eval_dir / "attention.json", evaluator.maps)
             mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}
                                | {k: v for k, v in summary["interpretability"].items() if v is not None})
             mlflow.log_artifact(str(eval_dir / "aggregate.json"))

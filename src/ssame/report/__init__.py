@@ -10,6 +10,7 @@ from ssame.evaluate.stats import variant_hits
 from ssame.report.figures import (
     FORMATS,
     ablation_bars,
+    attention_grid,
     metatask_bars,
     per_dataset_heatmap,
     read_histories,
@@ -34,7 +35,8 @@ from ssame.report.tables import (
 
 TABLES = ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published", "interpretability",
           "saliency_quality"]
-FIGURES = ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars", "saliency_overlays"]
+FIGURES = ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars", "attention_grid",
+           "saliency_overlays"]
 TABLE_FORMATS = (".csv", ".md", ".tex", ".html")
 OUTPUT_FILES = [f"tables/{t}{x}" for t in TABLES for x in TABLE_FORMATS] + [
     f"figures/{f}{x}" for f in FIGURES for x in FORMATS
@@ -78,5 +80,7 @@ def build(params: dict) -> None:
     training_curves(read_histories(results, variants, seeds), figures / "training_curves.png")
     per_dataset_heatmap(by_dataset, variants, figures / "per_dataset_heatmap.png")
     ablation_bars(delta, figures / "ablation_bars.png")
+    compared = [v for v in ("baseline", REFERENCE) if v in variants] or variants[:2]
+    attention_grid(results, compared, seeds, figures / "attention_grid.png")
     saliency_overlays(results, datasets, figures / "saliency_overlays.png")
     build_saliency_report(results, reports)

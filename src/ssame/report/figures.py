@@ -3,6 +3,7 @@ training curves, the per-dataset heatmap, ablation deltas with CIs and saliency 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -173,5 +174,59 @@ def saliency_overlays(results_dir: Path, datasets: list[str], path: Path) -> Non
         ax.set(xticks=[], yticks=[])
         if not ax.images:
             ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+GRID_ROWS = 4  # queries shown in the attention grid
+
+
+def read_attention(results_dir: Path, variant: str, seeds: list[int]) -> dict[tuple[str, str, str], np.ndarray]:
+    """(dataset, text, image) -> the pooled-token attention map of `variant`, mean over `seeds`, from each
+    evaluation's `attention.json`."""
+    maps: dict[tuple[str, str, str], list[np.ndarray]] = {}
+    for seed in seeds:
+        path = results_dir / "eval" / variant / f"seed{seed}" / "attention.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"missing attention maps: {path}")
+        for dataset, records in json.loads(path.read_text()).items():
+            for record in records:
+                maps.setdefault((dataset, record["text"], record["image"]), []).append(np.asarray(record["attention"]))
+    return {key: np.mean(values, axis=0) for key, values in maps.items() if len(values) == len(seeds)}
+
+
+def attention_grid(results_dir: Path, columns: list[str], seeds: list[int], path: Path) -> None:
+    """Where the model looks, on the same queries for every method in `columns`: image | saliency map (the
+    pair's) | each method's pooled-token attention over the image (mean over seeds, per-map colour scale).
+    Queries: the first of each dataset that has a ground-truth subject mask (else any), up to GRID_ROWS."""
+    data_dir = results_dir / "data"
+    maps = {method: read_attention(results_dir, method, seeds) for method in columns}
+    shared = [key for key in maps[columns[0]] if all(key in maps[m] for m in columns)]
+    firsts = list({key[0]: key for key in reversed(shared)}.values())[::-1]  # first query of each dataset
+    firsts.sort(key=lambda key: not mask_path(data_dir, key[2]).is_file())  # datasets with masks first
+    picks = firsts[:GRID_ROWS]
+    ncols = 2 + len(columns)
+    fig, axes = plt.subplots(max(len(picks), 1), ncols, figsize=(CELL_INCHES * ncols, CELL_INCHES * max(len(picks), 1)),
+                             squeeze=False)
+    store = SaliencyStore(results_dir / "saliency") if picks else None
+    for row, (dataset, text, image) in zip(axes, picks, strict=False):
+        rgb = np.asarray(Image.open(image_root(data_dir) / image).convert("RGB"))
+        extent = (0, rgb.shape[1], rgb.shape[0], 0)
+        row[0].imshow(rgb, extent=extent)
+        row[1].imshow(store.map(image, text=text), cmap=SALIENCY_CMAP, vmin=0, vmax=1, extent=extent)
+        for ax, method in zip(row[2:], columns, strict=True):
+            attention = maps[method][(dataset, text, image)]
+            ax.imshow(rgb, extent=extent)
+            ax.imshow(attention / max(float(attention.max()), 1e-12), cmap=SALIENCY_CMAP, vmin=0, vmax=1,
+                      alpha=OVERLAY_ALPHA, extent=extent, interpolation="bilinear")
+        row[0].set_ylabel(dataset)
+    for ax, title in zip(axes[0], ["image", "saliency map", *(f"{m} attention" for m in columns)], strict=True):
+        ax.set_title(title)
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        if not ax.images:
+            ax.axis("off")
+    if not picks:
+        axes[0][0].text(0.5, 0.5, "no query image", ha="center", va="center")
     fig.tight_layout()
     save_figure(fig, path)
