@@ -24,8 +24,10 @@ JOB = """
 import sys
 from pathlib import Path
 from ssame.config import load_params
+from ssame.logs import setup
 from ssame.tracking import StepLogger, mlflow_run
 
+setup("INFO")
 params, job = load_params(sys.argv[1]), sys.argv[2]
 with mlflow_run(params, job, {"job": job}) as mlflow:
     steps = StepLogger(mlflow)
@@ -123,7 +125,7 @@ def test_two_concurrent_jobs_log_to_the_server_not_sqlite(server, params_file, t
     for job in jobs:
         _, err = job.communicate(timeout=300)
         assert job.returncode == 0, err[-3000:]
-        assert f"ssame tracking: MLflow at {url}" in err
+        assert f"INFO ssame.tracking: MLflow at {url}" in err
 
     import mlflow
 
