@@ -157,6 +157,16 @@ def test_build_writes_tables_and_figures(params: dict) -> None:
     assert "\nbaseline & overall & " in (reports / "tables" / "ablation_delta.tex").read_text()
 
 
+def test_rebuilt_report_has_the_same_bytes(params: dict) -> None:
+    """The committed reports/ must not churn: the same inputs give byte-identical tables and figures (no random
+    element ids in HTML, no creation date in PDF)."""
+    build(params)
+    reports = Path(params["reports_dir"])
+    first = {name: (reports / name).read_bytes() for name in OUTPUT_FILES}
+    build(params)
+    assert [name for name in OUTPUT_FILES if (reports / name).read_bytes() != first[name]] == []
+
+
 def test_attention_maps_are_seed_means_of_the_same_queries(params: dict) -> None:
     from ssame.report.figures import read_attention
 

@@ -255,7 +255,8 @@ def _styler(table: pd.DataFrame, floatfmt: str | Sequence[str], bold: pd.DataFra
     specs = _formats(table, floatfmt)
     formatters = {c: (lambda v, spec=specs[c]: format(v, spec)) for c in table.columns
                   if pd.api.types.is_float_dtype(table[c])}
-    styler = table.style.hide(axis="index").format(formatters, na_rep="--", escape=escape)
+    styler = table.style.set_uuid("ssame")  # fixed element ids: the same table, the same bytes
+    styler = styler.hide(axis="index").format(formatters, na_rep="--", escape=escape)
     styler = styler.format_index(escape=escape, axis=1)
     if bold is not None:
         styler = styler.apply(lambda _: bold.replace({True: bold_props, False: ""}), axis=None)
