@@ -167,6 +167,37 @@ def test_dvc_sees_snakemake_outputs_as_up_to_date(project, first_run):
     assert "Running stage" not in out
 
 
+def _dvc_json(project: Path, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], cwd=project, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_dvc_metrics_plots_and_per_run_params(project, first_run):
+    """DVC shows every run's metrics and plots; a new seed leaves the committed runs up to date (each run depends
+    on its own params, not on the seed list)."""
+    _run(project, sys.executable, "-m", "dvc", "commit", "-f", "-q")
+    metrics = next(iter(_dvc_json(project, "metrics", "show").values()))["data"]  # the workspace
+    for variant in VARIANTS:
+        aggregate = metrics[f"results/eval/{variant}/seed0/aggregate.json"]["data"]
+        assert 0 <= aggregate["overall"] <= 1
+        assert metrics[f"results/train/{variant}/seed0/metrics.json"]["data"]["steps"] == 12
+    plots = _dvc_json(project, "plots", "show")
+    assert not plots.get("errors"), plots.get("errors")
+    assert plots["data"]["per_dataset_hit_at_1"] and plots["data"]["results/train/ssame/seed0/history.csv"]
+    path = project / "params" / "default.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["seeds"] = [0, 1]
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = _dvc_json(project, "status")
+    finally:
+        path.write_text(original)
+    assert set(status) == {f"{stage}@{variant}-1" for stage in ("train", "evaluate") for variant in VARIANTS}
+
+
 def test_killed_mid_run_then_resumed_is_bit_identical(project, first_run):
     """From scratch: SIGKILL the whole snakemake process group while jobs run, unlock, rerun; same tables."""
     first_tables = {p.name: p.read_bytes() for p in (project / "reports" / "tables").glob("*.csv")}
