@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 
 from ssame.cli import STAGES
 from ssame.config import job_resources, job_threads, load_params, uses_pretrain, variant_uses_saliency
-from ssame.logs import LEVELS
+from ssame.logs import checked_level
 from ssame.tracking import close_parent_run, open_parent_run
 
 min_version("9.0")
@@ -16,9 +16,7 @@ min_version("9.0")
 report: "workflow/report/workflow.rst"  # the HTML report's front page (snakemake --report report.html)
 
 PARAMS_FILE = config.get("params", "params/default.yaml")
-LOG_LEVEL = config.get("log_level", "INFO").upper()  # every job's log: --config log_level=DEBUG (or WARNING)
-if LOG_LEVEL not in LEVELS:
-    raise ValueError(f"--config log_level={LOG_LEVEL}: must be one of {', '.join(LEVELS)}")
+LOG_LEVEL = checked_level(config.get("log_level", "INFO"))  # every job's log: --config log_level=DEBUG (or WARNING)
 # Validated against workflow/schemas/params.schema.yaml, with the schema's defaults, before any job runs.
 P = load_params(PARAMS_FILE).to_dict()
 

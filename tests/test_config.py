@@ -70,6 +70,11 @@ def test_cli_version_and_log_level(capsys, params, tmp_path):
     with pytest.raises(SystemExit):
         main(["data", "--params", str(good), "--log-level", "LOUD"])
     assert "invalid choice: 'LOUD'" in capsys.readouterr().err
+    from ssame.logs import checked_level  # what the Snakefile applies to --config log_level
+
+    assert checked_level("debug") == "DEBUG"
+    with pytest.raises(ValueError, match="log_level=LOUD: must be one of DEBUG, INFO, WARNING, ERROR"):
+        checked_level("LOUD")
 
 
 def test_cli_help_for_every_stage(capsys):

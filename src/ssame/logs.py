@@ -11,6 +11,14 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def checked_level(value: str) -> str:
+    """`value` as one of LEVELS (any case), or a ValueError naming Snakemake's `--config log_level`."""
+    level = value.upper()
+    if level not in LEVELS:
+        raise ValueError(f"--config log_level={value}: must be one of {', '.join(LEVELS)}")
+    return level
+
+
 def setup(level: str) -> None:
     """Send every logger's records at `level` and above to stderr, one line each with time, level and logger."""
     logging.basicConfig(level=level, format=FORMAT, datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr, force=True)

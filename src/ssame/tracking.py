@@ -164,13 +164,15 @@ def open_parent_run(params: dict[str, Any], params_file: str) -> str:
     """Open the run of one `snakemake` invocation (RUNNING until `close_parent_run`) and export its id, so that
     every job this process starts logs its run as a child (`mlflow_run`). Returns the run id."""
     mlflow = _connect(params)
+    from mlflow.entities import Param
+
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(params["tracking"]["experiment"])
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run = client.create_run(experiment.experiment_id, run_name=f"snakemake {started}", tags={
         "stage": "workflow", "ssame.params_file": params_file, "mlflow.source.git.commit": git_commit(),
         "ssame.params_digest": fingerprint(params)[:16]})
-    client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _flat_params(params).items()],
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat_params(params).items()],
                      synchronous=True)
     os.environ[PARENT_ENV] = run.info.run_id
     return run.info.run_id
@@ -181,12 +183,6 @@ def close_parent_run(params: dict[str, Any], status: str) -> None:
     run_id = os.environ.pop(PARENT_ENV, None)
     if run_id:
         _connect(params).MlflowClient().set_terminated(run_id, status)
-
-
-def _param(key: str, value: str) -> Any:
-    from mlflow.entities import Param
-
-    return Param(key, value)
 
 
 @contextmanager

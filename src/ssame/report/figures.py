@@ -202,9 +202,10 @@ def attention_grid(results_dir: Path, columns: list[str], seeds: list[int], path
     data_dir = results_dir / "data"
     maps = {method: read_attention(results_dir, method, seeds) for method in columns}
     shared = [key for key in maps[columns[0]] if all(key in maps[m] for m in columns)]
-    firsts = list({key[0]: key for key in reversed(shared)}.values())[::-1]  # first query of each dataset
-    firsts.sort(key=lambda key: not mask_path(data_dir, key[2]).is_file())  # datasets with masks first
-    picks = firsts[:GRID_ROWS]
+    firsts: dict[str, tuple[str, str, str]] = {}  # dataset -> its first query
+    for key in shared:
+        firsts.setdefault(key[0], key)
+    picks = sorted(firsts.values(), key=lambda key: not mask_path(data_dir, key[2]).is_file())[:GRID_ROWS]
     ncols = 2 + len(columns)
     fig, axes = plt.subplots(max(len(picks), 1), ncols, figsize=(CELL_INCHES * ncols, CELL_INCHES * max(len(picks), 1)),
                              squeeze=False)

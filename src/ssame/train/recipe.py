@@ -29,7 +29,6 @@ from ssame.data.io import image_root, train_path
 from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.backbone import square_side
-from ssame.model.mlflow_model import log_embedder
 from ssame.saliency.store import SaliencyStore
 from ssame.tracking import MODEL_DIGEST_TAG, StepLogger, content_digest, job_tags, log_datasets, mlflow_run
 from ssame.train import checkpoint
@@ -217,6 +216,8 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
             write_history(history, paths.train_history(variant_name, seed))
             mlflow.log_artifact(str(paths.train_metrics(variant_name, seed)))
             mlflow.set_tag(MODEL_DIGEST_TAG, content_digest(model_dir))  # how evaluate runs find this run
+            from ssame.model.mlflow_model import log_embedder  # imports mlflow.pyfunc: the main process, at the end
+
             model = params["model"]
             log_embedder(mlflow, model_dir, {"attn_implementation": model["attn_implementation"],
                                              "mrope": model["mrope"], "max_text_tokens": cfg["max_text_tokens"],
