@@ -7,7 +7,8 @@
 from snakemake.utils import min_version
 
 from ssame.cli import STAGES
-from ssame.config import job_resources, job_threads, load_params, uses_pretrain, variant_uses_saliency
+from ssame.config import (job_resources, job_threads, load_params, stage_params, uses_pretrain,
+                          variant_uses_saliency)
 from ssame.logs import checked_level
 from ssame.tracking import close_parent_run, open_parent_run
 

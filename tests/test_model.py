@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,59 @@ def test_mrope_is_recorded_with_the_model(tmp_path, tiny_stack, tokenizer):
         Embedder.load(tmp_path / "model", mrope="grouped")
     with pytest.raises(ValueError, match="mrope must be one of"):
         _embedder(tiny_stack, mrope="3d")
+
+
+# ---- MIRe: fusion-free alignment (variant key `fusion: isolated`) --------------------------------------------------
+
+MIRE_TEXT = ["what colour is the square? <|image_1|> answer in one word"]  # text before and after the image
+
+
+@pytest.mark.parametrize("fusion", ["joint", "isolated"])
+def test_isolated_visual_states_get_no_gradient_through_text(builder, tiny_stack, fusion):
+    """Under `isolated` no text token reaches a visual token's final hidden state (zero gradient into every token
+    embedding), while the pooled text token still reads the image; under `joint` the text before the image does."""
+    embedder = _embedder(tiny_stack, fusion=fusion).train()
+    batch = builder(MIRE_TEXT, ["img0.png"])
+    table = embedder.qwen.model.get_input_embeddings().weight
+    out = embedder(batch, with_hidden=True)
+    (from_visual,) = torch.autograd.grad(out.visual_hidden[0].sum(), table, retain_graph=True)
+    text_ids = batch.inputs["input_ids"][0][~batch.inputs["mm_token_type_ids"][0].bool()].unique()
+    if fusion == "isolated":
+        assert from_visual.abs().sum() == 0
+    else:
+        assert from_visual[text_ids].abs().sum() > 0
+    patches = embedder.qwen.model.visual.patch_embed.proj.weight
+    (from_pooled,) = torch.autograd.grad(out.embeddings.sum(), patches)
+    assert from_pooled.abs().sum() > 0  # text -> visual attention stays
+
+
+def test_isolated_equals_joint_where_no_image_is(builder, tiny_stack):
+    batch = builder(["a red square", "what colour is the big square on the left?"], ["", ""])  # left padding
+    joint = _embedder(tiny_stack)(batch).embeddings
+    isolated = _embedder(tiny_stack, fusion="isolated")(batch).embeddings
+    torch.testing.assert_close(isolated, joint, rtol=0, atol=1e-6)
+
+
+def test_isolated_mask_by_hand():
+    from ssame.model.embedder import isolated_visual_mask
+
+    padding = torch.tensor([[0, 1, 1, 1, 1]])
+    visual = torch.tensor([[False, False, True, True, False]])  # pad, text, image, image, text
+    allowed = isolated_visual_mask(padding, visual, torch.float32)[0, 0] == 0
+    expected = torch.tensor([[0, 0, 0, 0, 0],   # a padded query sees nothing
+                             [0, 1, 0, 0, 0],   # text: itself
+                             [0, 0, 1, 0, 0],   # image: not the text before it
+                             [0, 0, 1, 1, 0],
+                             [0, 1, 1, 1, 1]], dtype=torch.bool)  # text after: everything before it
+    assert torch.equal(allowed, expected)
+
+
+def test_isolated_fusion_refuses_flash_attention(default_params):
+    from ssame.config import ParamsError, as_params
+
+    params = copy.deepcopy(default_params)
+    params["variants"]["mire"] = {"feature_regen": False, "attn_loss_weight": 0.0, "subject_loss_weight": 0.0,
+                                  "fusion": "isolated"}
+    params["model"]["attn_implementation"] = "flash_attention_2"
+    with pytest.raises(ParamsError, match="flash_attention_2"):
+        as_params(params)

@@ -161,3 +161,30 @@ def test_rehearsal_lr_schedule_on_two_processes_is_the_single_process_one(rehear
     assert logged == pytest.approx(expected, rel=1e-6), f"logged {logged}, one process {expected}"
     log = (rehearsal / params["results_dir"] / "logs" / "train" / "ssame" / "seed0.log").read_text()
     assert "processes: 2" in log
+
+
+@pytest.mark.e2e
+def test_rehearsal_outputs_are_versioned_by_its_generated_dvc_pipeline(rehearsal):
+    """The paper-shaped DVC pipeline (generated from the rehearsal's DAG) records the run with nothing out of date,
+    and every file the stages wrote lies in one of its outs."""
+    import yaml
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=rehearsal, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    run("ssame", "dvc-yaml", "--params", "params/rehearsal.yaml")
+    run("dvc", "init", "--no-scm", "-q")
+    run("dvc", "commit", "-f", "-q")
+    assert json.loads(run("dvc", "status", "--json")) == {}
+    stages = yaml.safe_load((rehearsal / "dvc.yaml").read_text())["stages"].values()
+    declared = [e if isinstance(e, str) else next(iter(e))
+                for stage in stages for kind in ("outs", "metrics", "plots") for e in stage.get(kind, [])]
+    results = rehearsal / load_params(rehearsal / "params" / "rehearsal.yaml")["results_dir"]
+    written = [p.relative_to(rehearsal).as_posix() for p in results.rglob("*")
+               if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "checkpoints", "cache")]
+    assert written and not [p for p in written if not any(p == d or p.startswith(f"{d}/") for d in declared)]

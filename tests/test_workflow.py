@@ -35,7 +35,7 @@ def _small(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, repo) -> Path:
     root = tmp_path_factory.mktemp("project")
-    for item in ["Snakefile", "dvc.yaml"]:
+    for item in ["Snakefile", ".gitignore"]:
         shutil.copy(repo / item, root / item)
     shutil.copytree(repo / "workflow", root / "workflow")
     (root / "profiles").symlink_to("workflow/profiles")  # as in the repository: Snakemake loads profiles/default
@@ -45,12 +45,17 @@ def project(tmp_path_factory, repo) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     params = _small(yaml.safe_load((repo / "params" / "default.yaml").read_text()))
     (root / "params" / "default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(root, sys.executable, "-m", "ssame", "dvc-yaml")  # the DVC view of this project's own DAG
     return root
+
+
+GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "ssame tests"), ("EMAIL", "tests@ssame.invalid"))}
 
 
 def _run(project: Path, *args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # seconds: the test's training jobs are short
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", **GIT_IDENTITY}  # seconds: the test's jobs are short
     proc = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr
@@ -191,11 +196,78 @@ def test_dvc_metrics_plots_and_per_run_params(project, first_run):
     params = yaml.safe_load(original)
     params["train"]["seeds"] = [0, 1]
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline = (project / "dvc.yaml").read_text()
     try:
+        _run(project, sys.executable, "-m", "ssame", "dvc-yaml")
         status = _dvc_json(project, "status")
     finally:
         path.write_text(original)
-    assert set(status) == {f"{stage}@{variant}-1" for stage in ("train", "evaluate") for variant in VARIANTS}
+        (project / "dvc.yaml").write_text(pipeline)
+    new_runs = {f"{stage}_variant-{variant}_seed-1" for stage in ("train", "evaluate") for variant in VARIANTS}
+    assert set(status) == new_runs | {"report"}  # the report reads every run
+
+
+DVC = [sys.executable, "-m", "dvc"]
+NOT_ARTIFACTS = ("logs", "benchmarks", "checkpoints", "cache")  # results/ folders no later stage or user reads
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    if root.is_file():
+        return {"": root.read_bytes()}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _declared(project: Path) -> list[str]:
+    """Every path dvc.yaml versions: outs, metrics and plots of every stage."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values()
+    return [entry if isinstance(entry, str) else next(iter(entry))
+            for stage in stages for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, [])]
+
+
+@pytest.fixture(scope="module")
+def committed(project, first_run) -> Path:
+    """The finished run recorded by DVC, pushed to the default remote (.dvcstore/), and committed to git."""
+    _run(project, *DVC, "commit", "-f", "-q")
+    _run(project, *DVC, "push", "-q")
+    _run(project, "git", "add", "-A")
+    _run(project, "git", "commit", "-q", "-m", "finished run")
+    return project
+
+
+def test_dvc_pull_into_a_fresh_clone_leaves_snakemake_nothing_to_do(committed, tmp_path):
+    """Every artifact round-trips through the remote; after `dvc pull` and `snakemake --touch` (pulled files get
+    fresh timestamps in no set order), `snakemake -n` has nothing to do."""
+    declared = _declared(committed)
+    written = [p.relative_to(committed).as_posix() for p in (committed / "results").rglob("*")
+               if p.is_file() and p.relative_to(committed / "results").parts[0] not in NOT_ARTIFACTS]
+    undeclared = [p for p in written if not any(p == d or p.startswith(f"{d}/") for d in declared)]
+    assert not undeclared, f"written by a stage, versioned by no DVC stage: {undeclared[:5]}"
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", str(committed), str(clone))
+    _run(clone, *DVC, "remote", "modify", "--local", "local", "url", str(committed / ".dvcstore"))
+    _run(clone, *DVC, "pull", "-q")
+    for path in declared:
+        assert _files(clone / path) == _files(committed / path), path
+    _snakemake(clone, "--touch")
+    assert "Nothing to be done" in _snakemake(clone, "-n")
+
+
+def test_dvc_exp_run_in_a_scratch_copy_keeps_mlflow_history(committed):
+    """`dvc exp run --temp` runs the stage in a copy under .dvc/tmp; its MLflow run still lands in the project's
+    store (DVC_ROOT), tagged with the experiment, beside every earlier run."""
+    from mlflow import MlflowClient
+
+    params = yaml.safe_load((committed / "params" / "default.yaml").read_text())
+    client = MlflowClient(resolve_uri(params, committed))
+    experiment = client.get_experiment_by_name("ssame-default").experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment], max_results=1000)}
+    out = _run(committed, *DVC, "exp", "run", "--temp", "--force", "--single-item", "report", "--name", "again")
+    assert "again" in out
+    after = {r.info.run_id: r for r in client.search_runs([experiment], max_results=1000)}
+    assert before < set(after)
+    (new,) = [after[i] for i in set(after) - before]
+    assert new.data.tags["stage"] == "report" and new.data.tags["dvc.exp_name"] == "again"
+    assert not list((committed / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # none in the scratch copy
 
 
 def test_killed_mid_run_then_resumed_is_bit_identical(project, first_run):

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "report": "tables and figures from every evaluated (variant, seed)",
 }
 LAUNCH_HELP = "run one job of a stage with its GPUs, port and nodes (what the Snakemake rules call): ssame launch -h"
+DVC_HELP = "write dvc.yaml from the Snakemake DAG of a params file: ssame dvc-yaml -h"
 
 
 def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
@@ -81,7 +82,7 @@ def version() -> str:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ssame", description="SSA-ME reproduction pipeline (MMEB).",
-                                  epilog=f"ssame launch STAGE ...: {LAUNCH_HELP}")
+                                  epilog=f"ssame launch STAGE ...: {LAUNCH_HELP}; ssame dvc-yaml: {DVC_HELP}")
     top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage, help_text in STAGES.items():
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None, run: Callable[..., None] = _run) -> int:
         from ssame.launch import main as launch
 
         return launch(argv[1:])
+    if argv[:1] == ["dvc-yaml"]:
+        from ssame.dvc_yaml import main as dvc_yaml
+
+        return dvc_yaml(argv[1:])
     args = parser().parse_args(argv)
     setup(args.log_level)
     try:

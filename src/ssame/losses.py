@@ -92,3 +92,18 @@ def saliency_attention_kl(attention: list[torch.Tensor], saliency: list[torch.Te
         terms.append((q * ((q + eps).log() - (p + eps).log())).sum())
     stacked = torch.stack(terms)
     return stacked.sum() if reduction == "sum" else stacked.mean()
+
+
+def soft_label_symmetric_kl(query: torch.Tensor, candidates: torch.Tensor, judge: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
+    """UniME-V2's soft-label loss: per query, the model's distribution over its own candidates
+    (positive first, then its mined negatives), P = softmax(cos / τ), aligned with the judge's Q = softmax(s / τ) by
+    the symmetric KL ½ (KL(P‖Q) + KL(Q‖P)), averaged over queries.
+
+    query (B, D) and candidates (B, 1 + K, D) unit-norm; judge (B, 1 + K) match scores in [0, 1] (no gradient)."""
+    logits = torch.einsum("bd,bkd->bk", query, candidates) / temperature
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(judge.to(logits) / temperature, dim=-1)
+    forward = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")   # KL(P || Q)
+    backward = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")  # KL(Q || P)
+    return 0.5 * (forward + backward)

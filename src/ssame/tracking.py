@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 MODEL_DIGEST_TAG = "ssame.output.model"  # content digest of a train run's model folder; evaluate runs link by it
+DVC_ROOT_ENV = "DVC_ROOT"  # set by DVC for the commands of its stages
+DVC_EXP_ENV = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}  # -> run tags
 PARENT_ENV = "SSAME_MLFLOW_PARENT_RUN_ID"  # set by the Snakefile's onstart: jobs' runs become its children
 _OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -38,10 +40,20 @@ def tracking_uri(db_path: str | Path) -> str:
     return f"sqlite:///{Path(db_path).resolve()}"
 
 
-def resolve_uri(params: dict[str, Any], root: str | Path = ".") -> str:
+def store_path(params: dict[str, Any], root: str | Path | None = None) -> Path:
+    """The params' `tracking.mlflow_db` SQLite file. A relative path resolves against `root`, by default the
+    project: DVC's repository root while DVC runs the job ($DVC_ROOT, the original repository even when
+    `dvc exp run --temp` or a queued experiment runs it in a scratch copy, which would lose its runs), else the
+    working directory."""
+    if root is None:
+        root = os.environ.get(DVC_ROOT_ENV, ".")
+    return (Path(root) / params["tracking"]["mlflow_db"]).resolve()
+
+
+def resolve_uri(params: dict[str, Any], root: str | Path | None = None) -> str:
     """The tracking URI every reader and writer uses: MLFLOW_TRACKING_URI from the environment as is, else the
-    params' `tracking.mlflow_db` SQLite file (a relative path resolves against `root`)."""
-    return os.environ.get(ENV_URI) or tracking_uri(Path(root) / params["tracking"]["mlflow_db"])
+    params' SQLite file (`store_path`)."""
+    return os.environ.get(ENV_URI) or tracking_uri(store_path(params, root))
 
 
 def _redacted(uri: str) -> str:
@@ -100,7 +112,7 @@ def _connect(params: dict[str, Any]) -> Any:
         _ensure_experiment(mlflow, name, None)
         mlflow.set_experiment(name)
     else:
-        db = Path(params["tracking"]["mlflow_db"]).resolve()
+        db = store_path(params)
         db.parent.mkdir(parents=True, exist_ok=True)
         # Parallel jobs share one SQLite file: serialise schema creation and experiment registration.
         with FileLock(db.with_suffix(".lock")):
@@ -140,11 +152,13 @@ def content_digest(path: Path) -> str:
 def job_tags(params: dict[str, Any], rule: str, wildcards: dict[str, str] | None = None,
              inputs: dict[str, Path] | None = None) -> dict[str, str]:
     """Tags of one job's run: `stage` (the Snakemake rule) and its wildcards (also as `ssame.wildcards`), the git
-    commit, the params digest and `ssame.input.<name>`, the content digest of each input file or folder."""
+    commit, the params digest and `ssame.input.<name>`, the content digest of each input file or folder; under
+    `dvc exp run`, the experiment's name and baseline commit."""
     wildcards = wildcards or {}
     return {"stage": rule, **wildcards, "ssame.wildcards": ",".join(f"{k}={v}" for k, v in wildcards.items()),
             "mlflow.source.git.commit": git_commit(), "ssame.params_digest": fingerprint(params)[:16],
-            **{f"ssame.input.{name}": content_digest(path) for name, path in (inputs or {}).items()}}
+            **{f"ssame.input.{name}": content_digest(path) for name, path in (inputs or {}).items()},
+            **{tag: os.environ[env] for env, tag in DVC_EXP_ENV.items() if os.environ.get(env)}}
 
 
 def log_datasets(mlflow: Any, files: dict[str, Path], context: str) -> None:

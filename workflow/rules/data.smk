@@ -9,7 +9,7 @@ rule data:
         unreadable=f"{R}/data/unreadable.json",  # images that failed to decode (data.bad_input)
         eval_checks=f"{R}/data/eval_checks.json",  # duplicated ground truths, unexpected candidate counts
     params:
-        cfg=P["data"],
+        depends=stage_params(P, "data"),  # rerun when these params change (the DVC stage lists the same)
     threads: THREADS["data"]
     localrule: "data" in LOCAL
     resources:

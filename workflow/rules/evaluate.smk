@@ -12,7 +12,7 @@ rule evaluate:
         predictions=directory(f"{R}/eval/{{variant}}/seed{{seed}}/predictions"),
         embeddings=directory(f"{R}/eval/{{variant}}/seed{{seed}}/embeddings"),
     params:
-        cfg=P["evaluate"],
+        depends=stage_params(P, "evaluate"),  # rerun when these params change (the DVC stage lists the same)
     threads: THREADS["evaluate"]
     localrule: "evaluate" in LOCAL
     resources:

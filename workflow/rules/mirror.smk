@@ -3,7 +3,7 @@ rule mirror:
     output:
         done=f"{P['mirror']['dir']}/mirror.json",
     params:
-        cfg=P["mirror"],
+        depends=stage_params(P, "mirror"),  # rerun when these params change (the DVC stage lists the same)
     threads: THREADS["mirror"]
     localrule: "mirror" in LOCAL
     resources:

@@ -7,8 +7,7 @@ rule pretrain:
         model=directory(f"{R}/pretrain/model"),
         metrics=f"{R}/pretrain/metrics.json",
     params:
-        pretrain=P["pretrain"],
-        model=P["model"],
+        depends=stage_params(P, "pretrain"),
     threads: THREADS["pretrain"]
     localrule: "pretrain" in LOCAL
     resources:

@@ -55,6 +55,8 @@ rule report:
                                  category="Saliency") for m in [*P["saliency"]["quality"]["experts"], "fusion"]],
         saliency_methods_pdf=[f"{REPORTS}/figures/saliency_{m}.pdf"
                               for m in [*P["saliency"]["quality"]["experts"], "fusion"]],
+    params:
+        depends=stage_params(P, "report"),
     threads: THREADS["report"]
     localrule: "report" in LOCAL
     resources:

@@ -7,7 +7,7 @@ rule saliency:
         manifest=f"{R}/saliency/manifest.json",
         quality=f"{R}/saliency/quality.csv",
     params:
-        cfg=P["saliency"],
+        depends=stage_params(P, "saliency"),  # rerun when these params change (the DVC stage lists the same)
     threads: THREADS["saliency"]
     localrule: "saliency" in LOCAL
     resources:

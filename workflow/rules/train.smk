@@ -9,10 +9,8 @@ rule train:
         model=directory(f"{R}/train/{{variant}}/seed{{seed}}/model"),
         metrics=f"{R}/train/{{variant}}/seed{{seed}}/metrics.json",
         history=f"{R}/train/{{variant}}/seed{{seed}}/history.csv",
-    params:
-        model=P["model"],
-        train={k: v for k, v in P["train"].items() if k not in ("variants", "seeds")},
-        variant=lambda wc: P["variants"][wc.variant],
+    params:  # its own variant and the train keys that shape a run: a new seed or variant leaves the others be
+        depends=lambda wc: stage_params(P, "train", wc.variant),
     threads: THREADS["train"]
     localrule: "train" in LOCAL
     resources:

@@ -209,6 +209,10 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
                               "than one GPU")
         if job["threads"] is None and rule not in LAUNCHED_RULES:
             raise ParamsError(f"{source}: resources.{rule}.threads is null; give a number of cores")
+    isolated = [name for name, v in params["variants"].items() if v.get("fusion") == "isolated"]
+    if isolated and params["model"]["attn_implementation"] == "flash_attention_2":
+        raise ParamsError(f"{source}: variants {isolated} use fusion 'isolated' (a 4-D attention mask), which "
+                          "flash_attention_2 cannot take; set model.attn_implementation to sdpa or eager")
     if params["model"]["backbone"] == "tiny":
         if params["model"]["tiny"] is None:
             raise ParamsError(f"{source}: model.backbone is 'tiny' but key 'model.tiny' is missing")
@@ -281,6 +285,30 @@ def plain_accelerate(accelerate_config: str | Path) -> bool:
     defaults (params/accelerate/cpu.yaml): then `ssame launch` runs the training directly, 1.7 s sooner per job."""
     config = yaml.safe_load(Path(accelerate_config).read_text())
     return isinstance(config, dict) and all(PLAIN_ACCELERATE.get(k, object()) == v for k, v in config.items())
+
+
+# train keys that change where or how a run is scheduled, logged or checkpointed, never what it computes
+RUN_ONLY_KEYS = ("variants", "seeds", "checkpoint_every", "num_workers")
+
+
+def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = None) -> dict[str, Any]:
+    """The params a job of `rule` depends on, by dotted key: Snakemake reruns a job when one changes (the rule's
+    `params`), and the generated dvc.yaml lists the same keys. A training job depends on its own variant and the
+    train keys that shape a run, so a new seed or variant leaves the other runs up to date."""
+    if rule == "train":
+        keys = ["model", *(["pretrain"] if uses_pretrain(params) else []), f"variants.{variant}",
+                *(f"train.{key}" for key in params["train"] if key not in RUN_ONLY_KEYS)]
+    else:
+        keys = {"pretrain": ["pretrain", "model"],
+                "report": ["model", "variants", "train.variants", "train.seeds", "evaluate"]}.get(rule, [rule])
+    return {key: _lookup(params, key) for key in keys}
+
+
+def _lookup(params: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):  # a variant name may hold dashes, never dots (schema)
+        node = node[part]
+    return _thaw(node)
 
 
 LAUNCHED_RULES = ("train", "evaluate")  # started through `ssame launch` (devices, ports, processes, nodes)

@@ -50,6 +50,19 @@ def position_ids(qwen: Qwen2VLForConditionalGeneration, inputs: dict[str, torch.
     return torch.arange(length, device=mask.device).view(1, 1, -1).expand(3, batch, -1)
 
 
+def isolated_visual_mask(padding: torch.Tensor, visual: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """MIRe's fusion-free attention as a 4-D additive mask (B, 1, L, L) for the text model: causal over the unpadded
+    tokens, except that a visual token attends to visual tokens only. Text tokens still read the image; nothing of
+    the text reaches a visual token's hidden state at any layer. 0 = attend, dtype min = masked (eager adds it,
+    SDPA takes it as is)."""
+    length = padding.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=padding.device).tril()
+    allowed = causal & padding.bool()[:, None, :]  # (B, L, L): query row, key column
+    allowed &= ~(visual[:, :, None] & ~visual[:, None, :])  # a visual query never sees a text key
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=padding.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 class Embedder(nn.Module):
     """Encode a batch of (text, image) inputs into one vector each."""
 
@@ -103,7 +116,10 @@ class Embedder(nn.Module):
             # image features go to the image tokens of `mm_token_type_ids` (a literal <|image_pad|> stays text)
             visual = inputs["mm_token_type_ids"].bool().unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(visual, torch.cat(feats).to(embeds.device, embeds.dtype))
-        out = core(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+        mask = inputs["attention_mask"]
+        if self.variant["fusion"] == "isolated":
+            mask = isolated_visual_mask(mask, inputs["mm_token_type_ids"].bool(), embeds.dtype)
+        out = core(inputs_embeds=embeds, attention_mask=mask,
                    position_ids=position_ids(self.qwen, inputs, self.mrope), output_attentions=with_attention,
                    use_cache=False)
         embeddings = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)

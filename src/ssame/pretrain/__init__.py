@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from ssame.atomic import atomic_dir, write_json
 from ssame.config import Paths, as_params, uses_pretrain
@@ -25,6 +24,7 @@ from ssame.model.backbone import load_backbone, square_side
 from ssame.pretrain.corpus import QUESTIONS, SAMPLES_PER_SCENE, build_corpus
 from ssame.pretrain.lm import encode, lm_loss
 from ssame.pretrain.probe import probe
+from ssame.schedule import linear_warmup_decay
 from ssame.tracking import StepLogger, job_tags, mlflow_run
 
 LOG_EVERY = 20
@@ -47,7 +47,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
     corpus_seconds = time.perf_counter() - began
     order = np.random.default_rng(cfg["seed"]).permutation
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
+    scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
     per_epoch = len(corpus) // cfg["batch_size"]
     if per_epoch == 0:
         raise ValueError(f"pretrain.batch_size {cfg['batch_size']} exceeds the corpus ({len(corpus)} samples: "

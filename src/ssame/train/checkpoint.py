@@ -15,11 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ssame.config import as_params, fingerprint, uses_pretrain, variant_uses_saliency
+from ssame.config import RUN_ONLY_KEYS, as_params, fingerprint, uses_pretrain, variant_uses_saliency
 
 TRAINER_FILE = "trainer.json"
-# train keys that change where or how a run is scheduled, logged or checkpointed, never what it computes
-RUN_ONLY_KEYS = ("variants", "seeds", "checkpoint_every", "num_workers")
 
 
 def params_record(params: Mapping[str, Any], variant_name: str, seed: int) -> dict[str, Any]:

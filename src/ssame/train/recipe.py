@@ -21,7 +21,6 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
-from transformers import get_linear_schedule_with_warmup
 
 from ssame.atomic import atomic_path, write_json
 from ssame.config import Paths, as_params, uses_pretrain, variant_uses_saliency
@@ -30,6 +29,7 @@ from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.backbone import square_side
 from ssame.saliency.store import SaliencyStore
+from ssame.schedule import linear_warmup_decay
 from ssame.tracking import MODEL_DIGEST_TAG, StepLogger, content_digest, job_tags, log_datasets, mlflow_run
 from ssame.train import checkpoint
 from ssame.train.batches import BatchOrder, training_rows
@@ -73,7 +73,7 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
                          image_side=square_side(params["model"]))
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["steps"])
+    scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
     embedder, optimizer = accelerator.prepare(embedder, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     objective = Objective(embedder, build, store, variant, cfg, accelerator)

@@ -1,0 +1,85 @@
+"""UniME-V2's parts: the symmetric-KL soft-label loss, mining, false-negative filtering, cyclic sampling, judges."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssame.losses import soft_label_symmetric_kl
+
+
+def _kl(p: list[float], q: list[float]) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+
+def _softmax(x: list[float]) -> list[float]:
+    e = [math.exp(v - max(x)) for v in x]
+    return [v / sum(e) for v in e]
+
+
+def test_symmetric_kl_by_hand():
+    query = torch.tensor([[1.0, 0.0]])
+    candidates = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])  # cos 1, 0, -1
+    judge = torch.tensor([[0.9, 0.5, 0.1]])
+    tau = 0.5
+    p, q = _softmax([2.0, 0.0, -2.0]), _softmax([1.8, 1.0, 0.2])
+    expected = 0.5 * (_kl(p, q) + _kl(q, p))
+    assert soft_label_symmetric_kl(query, candidates, judge, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_symmetric_kl_is_zero_when_the_model_agrees_with_the_judge_and_averages_queries():
+    q = F.normalize(torch.randn(3, 4), dim=-1)
+    cands = F.normalize(torch.randn(3, 5, 4), dim=-1)
+    cos = torch.einsum("bd,bkd->bk", q, cands)
+    assert soft_label_symmetric_kl(q, cands, cos, 0.02).item() == pytest.approx(0.0, abs=1e-5)
+    one = [soft_label_symmetric_kl(q[i:i + 1], cands[i:i + 1], cos.flip(-1)[i:i + 1], 0.1) for i in range(3)]
+    both = soft_label_symmetric_kl(q, cands, cos.flip(-1), 0.1)
+    assert both.item() == pytest.approx(torch.stack(one).mean().item(), rel=1e-6)
+
+
+def test_symmetric_kl_pulls_the_judged_candidate_up():
+    q = F.normalize(torch.randn(1, 8), dim=-1).requires_grad_()
+    cands = F.normalize(torch.randn(1, 3, 8), dim=-1)
+    soft_label_symmetric_kl(q, cands, torch.tensor([[1.0, 0.0, 0.0]]), 0.1).backward()
+    before = (q @ cands[0].T)[0, 0]
+    after = (F.normalize(q - 0.1 * q.grad, dim=-1) @ cands[0].T)[0, 0]
+    assert after > before
+
+
+# ---- mining -------------------------------------------------------------------------------------------------------
+
+def test_top_candidates_on_a_toy_set_with_known_neighbours():
+    from ssame.mine.negatives import top_candidates
+
+    # 1-D points: query i sits at x = i; candidates at x = 0..4; similarity = -distance
+    x = np.arange(5.0)
+    similarity = -np.abs(x[:, None] - x[None, :])
+    picked = top_candidates(similarity, own=np.arange(5), top_k=2, threshold=np.inf)
+    assert [p.tolist() for p in picked] == [[1, 2], [0, 2], [1, 3], [2, 4], [3, 2]]
+    # δ drops everything at or above it: the nearest neighbours (similarity -1) go, the next ones stay
+    picked = top_candidates(similarity, own=np.arange(5), top_k=3, threshold=-1.0)
+    assert [p.tolist() for p in picked] == [[2, 3, 4], [3, 4], [0, 4], [1, 0], [2, 1, 0]]
+
+
+def test_false_negatives_dropped_with_a_margin_and_a_fallback():
+    from ssame.mine.negatives import drop_false_negatives
+
+    kept, fallback = drop_false_negatives(np.array([0.95, 0.2, 0.85, 0.89]), positive=1.0, margin=0.1)
+    assert kept.tolist() == [1, 2, 3] and not fallback  # 0.95 is within β of the positive's 1.0
+    kept, fallback = drop_false_negatives(np.array([0.99, 0.97]), positive=1.0, margin=0.1)
+    assert kept.tolist() == [1] and fallback
+
+
+def test_cyclic_choice_walks_the_list_and_pads():
+    from ssame.mine.negatives import cyclic_choice
+
+    assert cyclic_choice(20, 8, 0).tolist() == list(range(8))
+    assert cyclic_choice(20, 8, 1).tolist() == list(range(8, 16))
+    assert cyclic_choice(20, 8, 2).tolist() == [16, 17, 18, 19, 0, 1, 2, 3]
+    assert cyclic_choice(3, 8, 0).tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    with pytest.raises(ValueError):
+        cyclic_choice(0, 8, 0)
