@@ -7,7 +7,7 @@
 from snakemake.utils import min_version
 
 from ssame.cli import STAGES
-from ssame.config import (job_resources, job_threads, load_params, stage_params, uses_pretrain,
+from ssame.config import (job_resources, job_threads, load_params, stage_params, uses_pretrain, variant_mines,
                           variant_uses_saliency)
 from ssame.logs import checked_level
 from ssame.tracking import close_parent_run, open_parent_run
@@ -46,6 +46,11 @@ def pretrained_if_used(wildcards):
     return rules.pretrain.output.model if uses_pretrain(P) else []
 
 
+def mined_if_used(wildcards):
+    """The seed's mined negatives for variants that train on them (UniME-V2), else []."""
+    return rules.mine.output.negatives if variant_mines(P["variants"][wildcards.variant]) else []
+
+
 def saliency_if_used(wildcards):
     """The saliency manifest for variants that read it; [] lets baseline jobs start while saliency runs."""
     return rules.saliency.output.manifest if variant_uses_saliency(P["variants"][wildcards.variant]) else []
@@ -57,6 +62,8 @@ include: "workflow/rules/data.smk"
 if uses_pretrain(P):
     include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/saliency.smk"
+if any(variant_mines(P["variants"][v]) for v in VARIANTS):
+    include: "workflow/rules/mine.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

@@ -32,7 +32,8 @@ SIZES = [
     "resources.*.gpu", "resources.*.nodes",  # a CPU rehearsal asks for no GPU
 ]
 MODEL_IDS = ["model.backbone", "model.revision", "saliency.subjects.model", "saliency.subjects.revision",
-             "saliency.expert_args.*.model", "saliency.expert_args.*.revision"]  # SAM's: *.sam.model, *.sam.revision
+             "saliency.expert_args.*.model", "saliency.expert_args.*.revision", "mine.judge.model",
+             "mine.judge.revision"]  # SAM's: *.sam.model, *.sam.revision
 LOCATIONS = ["results_dir", "reports_dir", "mirror", "mirror.*", "data.hub.local_dir", "tracking.*",
              "train.accelerate_config"]
 ALLOWED = SIZES + MODEL_IDS + LOCATIONS

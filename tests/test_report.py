@@ -468,3 +468,20 @@ def test_aggregate_without_interpretability_names_the_key(params: dict) -> None:
     path.write_text(json.dumps(record))
     with pytest.raises(KeyError, match=r"interpretability\.mask_share"):
         build(params)
+
+
+def test_tables_label_variants_whose_negatives_an_offline_judge_scored(default_params) -> None:
+    from ssame.config import as_params, variant_labels
+    from ssame.report import labelled
+
+    labels = variant_labels(as_params(default_params))
+    assert labels["unime-v2"] == "unime-v2 (attribute judge)" and labels["unime-v2-infonce"].endswith("judge)")
+    assert labels["ssame"] == "ssame" and labels["mire"] == "mire"
+    lmm = copy.deepcopy(default_params)
+    lmm["mine"]["judge"] = {"backend": "lmm", "model": "./some/judge"}
+    assert variant_labels(as_params(lmm))["unime-v2"] == "unime-v2"
+    table = pd.DataFrame({"method": ["unime-v2", "ssame"], "a": ["ssame", "unime-v2"], "unime-v2": [1.0, 2.0]})
+    out = labelled(table, labels)
+    assert out["method"].tolist() == ["unime-v2 (attribute judge)", "ssame"]
+    assert out["a"].tolist() == ["ssame", "unime-v2 (attribute judge)"]
+    assert "unime-v2 (attribute judge)" in out.columns

@@ -68,8 +68,8 @@ def test_paper_dry_run_shows_every_rules_resources(cluster, repo):
     params = load_params(repo / "params" / "paper.yaml")
     profile = yaml.safe_load((repo / PROFILE / "config.yaml").read_text())
     jobs = _jobs_in_dry_run(out)
-    assert set(jobs) == {"data", "saliency", "train", "evaluate", "report", "all"}
-    for rule in ["data", "saliency", "train", "evaluate", "report"]:
+    assert set(jobs) == {"data", "saliency", "mine", "train", "evaluate", "report", "all"}
+    for rule in ["data", "saliency", "mine", "train", "evaluate", "report"]:
         want = {k: str(v) for k, v in job_resources(params, rule).items()}
         want["slurm_partition"] = profile["set-resources"].get(rule, {}).get(
             "slurm_partition", profile["default-resources"]["slurm_partition"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +84,88 @@ def test_cyclic_choice_walks_the_list_and_pads():
     assert cyclic_choice(3, 8, 0).tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
     with pytest.raises(ValueError):
         cyclic_choice(0, 8, 0)
+
+
+# ---- judges -------------------------------------------------------------------------------------------------------
+
+LEXICON = {"colours": ["red", "cyan"], "shapes": ["star", "diamond"], "positions": ["top", "left"]}
+
+
+def _row(qry: str, pos_text: str, qry_image: str = "", pos_image: str = "") -> pd.Series:
+    return pd.Series({"qry": qry, "qry_image_path": qry_image, "pos_text": pos_text, "pos_image_path": pos_image})
+
+
+def test_attribute_judge_by_hand():
+    from ssame.mine.judge import AttributeJudge
+
+    judge = AttributeJudge(LEXICON)
+    i2t = _row("<|image_1|> Find a caption", "a cyan diamond at the top", "q.png")
+    other = _row("<|image_1|> Find a caption", "a cyan star at the top", "r.png")
+    # an image candidate with a generic prompt: described by the caption that picked it
+    t2i = _row("Find an image: a red star on the left", "<|image_1|> Represent the given image", pos_image="s.png")
+    scores = judge([(i2t, other), (i2t, i2t), (i2t, t2i), (t2i, t2i)])
+    assert scores.tolist() == pytest.approx([2 / 4, 1.0, 0 / 6, 1.0])
+
+
+def test_yes_probability_by_hand():
+    from ssame.mine.judge import yes_probability
+
+    logits = torch.tensor([[0.0, 2.0, 0.0, 5.0], [1.0, 1.0, 1.0, -3.0]])  # yes = 1, no = 0 (token 3 is ignored)
+    expected = [math.exp(2) / (math.exp(2) + 1), 0.5]
+    assert yes_probability(logits, yes=1, no=0).tolist() == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory):
+    """An LMMJudge on a tiny random instruct Qwen2-VL (the rehearsal mirror's kind) and an image folder."""
+    from PIL import Image
+
+    from ssame.mine.judge import LMMJudge
+    from ssame.rehearsal.models import write_qwen2_vl
+
+    root = tmp_path_factory.mktemp("judge")
+    write_qwen2_vl(root / "model", seed=3, tie_word_embeddings=False)
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 200)]):
+        Image.new("RGB", (56, 56), colour).save(root / f"{i}.png")
+    return lambda batch_size: LMMJudge(root / "model", revision=None, image_root=root, batch_size=batch_size,
+                                       device="cpu", dtype="float32")
+
+
+def test_lmm_judge_scores_are_probabilities_whatever_the_batching(tiny_judge):
+    pairs = [(_row("<|image_1|> what colour?", "red", "0.png"), _row("x", "red")),
+             (_row("a cyan square", "<|image_1|> an image", pos_image="1.png"),
+              _row("y", "<|image_1|> an image", pos_image="0.png")),
+             (_row("short", "long candidate text here"), _row("z", "long candidate text here"))]
+    one = tiny_judge(1)(pairs)
+    together = tiny_judge(3)(pairs)  # left padding and two images in one batch
+    assert ((one > 0) & (one < 1)).all() and len(set(one.round(6))) == 3
+    np.testing.assert_allclose(together, one, atol=1e-5)
+
+
+# ---- the stage and the two variants on a very small MMEB-mini -----------------------------------------------------
+
+def test_mine_then_train_both_unime_variants(small_built):
+    import copy
+
+    from ssame.config import Paths
+    from ssame.mine import build as mine
+    from ssame.train import train
+    from ssame.train.batches import training_rows
+
+    params = copy.deepcopy(small_built)
+    train(params, "baseline", 0)
+    stats = mine(params, 0)
+    paths = Paths.from_params(params)
+    mined = pd.read_parquet(paths.mine(0) / "negatives.parquet")
+    rows = training_rows(paths.data)
+    assert len(mined) == len(rows) and stats["judge"] == "attribute judge (offline)"
+    beta = params["mine"]["margin"]
+    for (_, row), (_, got) in zip(rows.iterrows(), mined.iterrows(), strict=True):
+        assert 1 <= len(got["neg_text"]) <= params["mine"]["top_k"]
+        own = (row["pos_text"], row["pos_image_path"])
+        assert own not in set(zip(got["neg_text"], got["neg_image_path"], strict=True))
+        if not got["fallback"]:
+            assert (np.asarray(got["neg_judge"]) < got["pos_judge"] - beta).all()
+    soft, plain = train(params, "unime-v2", 0), train(params, "unime-v2-infonce", 0)
+    assert "loss_soft_kl" in soft and "loss_nce" not in soft and np.isfinite(soft["loss"])
+    assert "loss_nce" in plain and "loss_soft_kl" not in plain and np.isfinite(plain["loss"])

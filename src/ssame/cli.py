@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "data": "build the benchmark (MMEB-mini, or MMEB from the hub) and the offline tokenizer",
     "pretrain": "tiny backbone only: next-token pretraining on scene captions and answers, before fine-tuning",
     "saliency": "saliency maps for every image and subject phrases for every text",
+    "mine": "UniME-V2: judged hard negatives of every training query for one seed, mined with its miner's model",
     "train": "train one (variant, seed); run it under `accelerate launch -m ssame train ...`",
     "evaluate": "MMEB protocol hit@1 of one trained (variant, seed)",
     "report": "tables and figures from every evaluated (variant, seed)",
@@ -38,6 +39,11 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
         from ssame.saliency import build
     elif stage == "report":
         from ssame.report import build
+    elif stage == "mine":
+        from ssame.mine import build as mine
+
+        _tracked(stage, lambda p: mine(p, args.seed), params, {"seed": str(args.seed)})
+        return
     else:
         _check_run(params, args)
         if stage == "train":
@@ -49,18 +55,24 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
     _tracked(stage, build, params)
 
 
-def _tracked(stage: str, build: Callable[[Any], Any], params: Any) -> None:
+def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: dict[str, str] | None = None) -> None:
     """Run a whole-stage build inside its MLflow run (a child of the snakemake invocation's) and log the files
     that summarise its outputs as artifacts."""
     from ssame.config import Paths
     from ssame.tracking import job_tags, mlflow_run
 
     paths = Paths.from_params(params)
-    inputs = {"saliency": {"data_manifest": paths.data / "manifest.csv"}}.get(stage, {})
-    with mlflow_run(params, stage, job_tags(params, stage, inputs=inputs)) as mlflow:
+    seed = int((wildcards or {}).get("seed", 0))
+    inputs = {"saliency": {"data_manifest": paths.data / "manifest.csv"},
+              "mine": {"data_manifest": paths.data / "manifest.csv"}}.get(stage, {})
+    if stage == "mine":
+        inputs["miner_model"] = paths.model(params["mine"]["miner"], seed)
+    name = "/".join([stage, *(f"seed{v}" if k == "seed" else v for k, v in (wildcards or {}).items())])
+    with mlflow_run(params, name, job_tags(params, stage, wildcards, inputs=inputs)) as mlflow:
         build(params)
         summaries = {"data": [paths.data / n for n in ("manifest.csv", "eval_checks.json", "unreadable.json")],
-                     "saliency": [paths.saliency / n for n in ("manifest.json", "quality.csv")]}.get(stage, [])
+                     "saliency": [paths.saliency / n for n in ("manifest.json", "quality.csv")],
+                     "mine": [paths.mine(seed) / "stats.json"]}.get(stage, [])
         for path in summaries:
             mlflow.log_artifact(str(path))
         if stage == "report":
@@ -94,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
                          help="least severe log records written (default: %(default)s)")
         if stage in ("train", "evaluate"):
             sub.add_argument("--variant", required=True, help="a key of the params' `variants`")
+        if stage in ("train", "evaluate", "mine"):
             sub.add_argument("--seed", type=int, required=True, help="training seed")
     return top
 

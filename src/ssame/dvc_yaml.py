@@ -21,14 +21,15 @@ from typing import Any
 
 import yaml
 
-from ssame.config import load_params
+from ssame.config import load_params, variant_labels
 
 CODE = {
     "mirror": ["src/ssame/rehearsal"],
     "data": ["src/ssame/data"],
     "pretrain": ["src/ssame/pretrain", "src/ssame/model"],
     "saliency": ["src/ssame/saliency"],
-    "train": ["src/ssame/train", "src/ssame/model", "src/ssame/losses.py"],
+    "mine": ["src/ssame/mine", "src/ssame/model", "src/ssame/evaluate/encode.py"],
+    "train": ["src/ssame/train", "src/ssame/model", "src/ssame/losses.py", "src/ssame/mine/negatives.py"],
     "evaluate": ["src/ssame/evaluate", "src/ssame/model"],
     "report": ["src/ssame/report"],
 }
@@ -132,7 +133,7 @@ def _written(raw: dict[str, Any], dotted: str) -> bool:
 
 
 def dvc_pipeline(jobs: list[Job], params_file: str, raw_params: dict[str, Any], reports_dir: str,
-                 variants: list[str]) -> dict[str, Any]:
+                 columns: list[str]) -> dict[str, Any]:
     """The dvc.yaml document for `jobs`. DVC reads params keys from the file as written (`raw_params`): a key
     left to its schema default is covered by the code dep on src/ssame/config, which holds the schema."""
     folders = {_folder(job.outputs): job.rule for job in jobs if job.rule in WHOLE_FOLDER}
@@ -166,7 +167,7 @@ def dvc_pipeline(jobs: list[Job], params_file: str, raw_params: dict[str, Any], 
     document: dict[str, Any] = {"stages": stages}
     if any(per_dataset == path for job in jobs for _, path in job.outputs):
         document["plots"] = [{"per_dataset_hit_at_1": {"template": "simple", "x": "dataset",
-                                                       "y": {per_dataset: variants}}}]
+                                                       "y": {per_dataset: columns}}}]
     return document
 
 
@@ -182,7 +183,7 @@ def render(params_file: str, root: Path = Path()) -> str:
     params = load_params(root / params_file)
     raw = yaml.safe_load((root / params_file).read_text())
     document = dvc_pipeline(snakemake_jobs(params_file, root), params_file, raw, params["reports_dir"],
-                            list(params["train"]["variants"]))
+                            list(variant_labels(params).values()))  # the per-dataset table's column names
     return header(params_file) + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 

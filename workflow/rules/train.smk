@@ -5,6 +5,7 @@ rule train:
         data=rules.data.output.manifest,
         pretrained=pretrained_if_used,
         saliency=saliency_if_used,
+        negatives=mined_if_used,
     output:
         model=directory(f"{R}/train/{{variant}}/seed{{seed}}/model"),
         metrics=f"{R}/train/{{variant}}/seed{{seed}}/metrics.json",

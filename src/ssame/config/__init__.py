@@ -209,6 +209,14 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
                               "than one GPU")
         if job["threads"] is None and rule not in LAUNCHED_RULES:
             raise ParamsError(f"{source}: resources.{rule}.threads is null; give a number of cores")
+    mined = [name for name in train["variants"] if params["variants"][name]["mined_negatives"] != "none"]
+    if mined and params["mine"] is None:
+        raise ParamsError(f"{source}: variants {mined} train on mined negatives but key 'mine' is missing")
+    if mined and params["mine"]["miner"] not in train["variants"]:
+        raise ParamsError(f"{source}: mine.miner '{params['mine']['miner']}' is not in train.variants (its model of "
+                          "each seed mines that seed's negatives)")
+    if mined and params["variants"][params["mine"]["miner"]]["mined_negatives"] != "none":
+        raise ParamsError(f"{source}: mine.miner '{params['mine']['miner']}' cannot itself train on mined negatives")
     isolated = [name for name, v in params["variants"].items() if v.get("fusion") == "isolated"]
     if isolated and params["model"]["attn_implementation"] == "flash_attention_2":
         raise ParamsError(f"{source}: variants {isolated} use fusion 'isolated' (a 4-D attention mask), which "
@@ -249,6 +257,20 @@ def as_variant(variant: Mapping[str, Any], source: str = "variant") -> Frozen:
         raise ParamsError(f"{source}: invalid key '{_key_path(err)}': {err.message}")
     _fill_defaults(node, raw)
     return Frozen(raw)
+
+
+def variant_mines(variant: Mapping[str, Any]) -> bool:
+    """Whether a variant trains on the mine stage's negatives (UniME-V2)."""
+    return as_variant(variant)["mined_negatives"] != "none"
+
+
+def variant_labels(params: Mapping[str, Any]) -> dict[str, str]:
+    """How tables and plots name each variant of `train.variants`: a UniME-V2 variant whose negatives the offline
+    attribute judge scored says so."""
+    mine = params["mine"]
+    offline = mine is not None and mine["judge"]["backend"] == "attributes"
+    return {v: f"{v} (attribute judge)" if offline and variant_mines(params["variants"][v]) else v
+            for v in params["train"]["variants"]}
 
 
 def variant_uses_saliency(variant: Mapping[str, Any]) -> bool:
@@ -296,10 +318,11 @@ def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = Non
     `params`), and the generated dvc.yaml lists the same keys. A training job depends on its own variant and the
     train keys that shape a run, so a new seed or variant leaves the other runs up to date."""
     if rule == "train":
-        keys = ["model", *(["pretrain"] if uses_pretrain(params) else []), f"variants.{variant}",
+        keys = ["model", *(["pretrain"] if uses_pretrain(params) else []),
+                *(["mine"] if variant_mines(params["variants"][variant]) else []), f"variants.{variant}",
                 *(f"train.{key}" for key in params["train"] if key not in RUN_ONLY_KEYS)]
     else:
-        keys = {"pretrain": ["pretrain", "model"],
+        keys = {"pretrain": ["pretrain", "model"], "mine": ["mine"],
                 "report": ["model", "variants", "train.variants", "train.seeds", "evaluate"]}.get(rule, [rule])
     return {key: _lookup(params, key) for key in keys}
 
@@ -381,6 +404,10 @@ class Paths:
     @property
     def saliency(self) -> Path:
         return self.results / "saliency"
+
+    def mine(self, seed: int) -> Path:
+        """UniME-V2's mined negatives of one seed (negatives.parquet, stats.json)."""
+        return self.results / "mine" / f"seed{seed}"
 
     def run(self, variant: str, seed: int) -> str:
         return f"{variant}/seed{seed}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssame.config import Paths, as_params
+import pandas as pd
+
+from ssame.config import Paths, as_params, variant_labels
 from ssame.data.io import read_manifest
 from ssame.evaluate.stats import variant_hits
 from ssame.report.figures import (
@@ -50,6 +52,15 @@ def _p_formats(table) -> list[str]:
     return [".4f" if column.startswith("p_") else ".1f" for column in table.columns]
 
 
+def labelled(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """`table` with variant names replaced by their labels, in the method/a/b cells and in column names."""
+    out = table.rename(columns=labels)
+    for column in ("method", "a", "b"):
+        if column in out:
+            out[column] = out[column].replace(labels)
+    return out
+
+
 def build(params: dict) -> None:
     """Write every file in OUTPUT_FILES (and the per-method saliency figures) under `params["reports_dir"]`."""
     params = as_params(params)
@@ -59,22 +70,26 @@ def build(params: dict) -> None:
     manifest = manifest[manifest["num_queries"] > 0]  # as the evaluate stage: a dataset without rows is not scored
     datasets = manifest["dataset"].tolist()
     scores, per_dataset = load_aggregates(results, variants, seeds, datasets)
-    tables = reports / "tables"
+    tables, labels = reports / "tables", variant_labels(params)
+
+    def write(table: pd.DataFrame, name: str, **options) -> None:
+        write_table(labelled(table, labels), tables / name, **options)
+
     main = main_table(scores)
-    write_table(main, tables / "main", bold=best_in_column(main, SCORE_COLUMNS))
-    write_table(ablation_table(scores), tables / "ablation")
+    write(main, "main", bold=best_in_column(main, SCORE_COLUMNS))
+    write(ablation_table(scores), "ablation")
     by_dataset = per_dataset_table(per_dataset, manifest, variants)
-    write_table(by_dataset, tables / "per_dataset")
+    write(by_dataset, "per_dataset")
     boot = params["evaluate"]["bootstrap"]
     hits = {variant: variant_hits(Paths.from_params(params), variant, seeds, datasets) for variant in variants}
-    write_table(ci_table(hits, scores, manifest, boot["samples"], boot["seed"]), tables / "ci")
+    write(ci_table(hits, scores, manifest, boot["samples"], boot["seed"]), "ci")
     significance = significance_table(hits, scores, manifest, boot["samples"], boot["seed"])
-    write_table(significance, tables / "significance", floatfmt=_p_formats(significance))
+    write(significance, "significance", floatfmt=_p_formats(significance))
     delta = ablation_delta_table(significance, REFERENCE)
-    write_table(delta, tables / "ablation_delta", floatfmt=_p_formats(delta))
+    write(delta, "ablation_delta", floatfmt=_p_formats(delta))
     published = published_table(per_dataset, manifest, params["model"]["backbone"])
-    write_table(published, tables / "published", bold=best_in_column(published, SCORE_COLUMNS, within="benchmark"))
-    write_table(interpretability_table(results, variants, seeds), tables / "interpretability")
+    write(published, "published", bold=best_in_column(published, SCORE_COLUMNS, within="benchmark"))
+    write(interpretability_table(results, variants, seeds), "interpretability")
     figures = reports / "figures"
     metatask_bars(scores, figures / "metatask_bars.png")
     training_curves(read_histories(results, variants, seeds), figures / "training_curves.png")

@@ -50,8 +50,12 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+SAMPLE_TERMS = ("loss_nce", "loss_soft_kl")  # the sample-level term: InfoNCE, or UniME-V2's soft-label KL
+
+
 def read_histories(results_dir: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
-    """Every training job's `history.csv` stacked, with `variant` and `seed` columns."""
+    """Every training job's `history.csv` stacked, with `variant` and `seed` columns and `loss_sample`, its
+    sample-level term (SAMPLE_TERMS)."""
     frames = []
     for variant in variants:
         for seed in seeds:
@@ -59,21 +63,25 @@ def read_histories(results_dir: Path, variants: list[str], seeds: list[int]) -> 
             if not path.is_file():
                 raise FileNotFoundError(f"missing training history: {path}")
             frame = pd.read_csv(path)
-            if "step" not in frame or "loss_nce" not in frame:
-                raise KeyError(f"{path}: needs columns 'step' and 'loss_nce', has {list(frame.columns)}")
-            frames.append(frame.assign(variant=variant, seed=seed))
+            sample = [term for term in SAMPLE_TERMS if term in frame]
+            if "step" not in frame or "loss" not in frame or len(sample) != 1:
+                raise KeyError(f"{path}: needs columns 'step', 'loss' and one of {SAMPLE_TERMS}, has "
+                               f"{list(frame.columns)}")
+            frames.append(frame.assign(variant=variant, seed=seed, loss_sample=frame[sample[0]]))
     return pd.concat(frames, ignore_index=True)
 
 
 def training_curves(histories: pd.DataFrame, path: Path) -> None:
-    """Sample-level InfoNCE and total loss per step (rolling mean over SMOOTHING steps): mean ± sd over seeds."""
+    """Sample-level term (InfoNCE; UniME-V2: soft-label KL) and total loss per step (rolling mean over SMOOTHING
+    steps): mean ± sd over seeds."""
     order = list(dict.fromkeys(histories["variant"]))  # params order, not sorted
     smooth = histories.sort_values("step").copy()
-    terms = ["loss_nce", "loss"]
+    terms = ["loss_sample", "loss"]
     smooth[terms] = smooth.groupby(["variant", "seed"])[terms].transform(
         lambda s: s.rolling(SMOOTHING, min_periods=1).mean())
     fig, axes = plt.subplots(1, 2, figsize=BARS_FIGSIZE, sharex=True)
-    for ax, term, title in zip(axes, terms, ["InfoNCE (sample level)", "total objective"], strict=True):
+    titles = ["sample level: InfoNCE (UniME-V2: soft-label KL)", "total objective"]
+    for ax, term, title in zip(axes, terms, titles, strict=True):
         sns.lineplot(data=smooth, x="step", y=term, hue="variant", hue_order=order, errorbar="sd", ax=ax,
                      legend=ax is axes[-1])
         ax.set(title=title, ylabel="loss", xlabel="optimizer step")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ssame.config import RUN_ONLY_KEYS, as_params, fingerprint, uses_pretrain, variant_uses_saliency
+from ssame.config import RUN_ONLY_KEYS, as_params, fingerprint, uses_pretrain, variant_mines, variant_uses_saliency
 
 TRAINER_FILE = "trainer.json"
 
@@ -32,6 +32,8 @@ def params_record(params: Mapping[str, Any], variant_name: str, seed: int) -> di
         record["saliency"] = plain["saliency"]
     if uses_pretrain(plain):
         record["pretrain"] = plain["pretrain"]
+    if variant_mines(plain["variants"][variant_name]):
+        record["mine"] = plain["mine"]
     return record
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssame.model import EncodedBatch, InputBuilder
 from ssame.saliency.store import SaliencyStore
 from ssame.train.batches import BatchOrder
+from ssame.train.mined import choose
 
 GROUPS = ("query", "pos", "neg", "phrase")
 
@@ -66,18 +68,27 @@ class StepBatch:
 class Preparer:
     """The CPU half of the objective, identical on every process (and in every DataLoader worker)."""
 
-    def __init__(self, build: InputBuilder, store: SaliencyStore | None, hard_negatives: bool, with_subjects: bool):
+    def __init__(self, build: InputBuilder, store: SaliencyStore | None, hard_negatives: bool, with_subjects: bool,
+                 mined_k: int | None = None):
+        """`mined_k`: UniME-V2's negatives per query (rows carry `train.mined.choose` columns); they replace
+        MMEB's own hard negative."""
         self.build, self.store = build, store
-        self.hard_negatives, self.with_subjects = hard_negatives, with_subjects
+        self.hard_negatives, self.with_subjects, self.mined_k = hard_negatives, with_subjects, mined_k
 
     def annotate(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Add the ids and subject phrases the loss needs. Ids only say which rows of the batch share a target
         (or a phrase), so annotating a batch or the whole table gives the same loss."""
         rows = batch.reset_index(drop=True).copy()
+        mined = [f"{t}\x00{i}" for texts, images in zip(rows.get("all_neg_text", []), rows.get("all_neg_image", []),
+                                                        strict=True) for t, i in zip(texts, images, strict=True)]
         keys = pd.concat([rows["pos_text"] + "\x00" + rows["pos_image_path"],
-                          rows["neg_text"] + "\x00" + rows["neg_image_path"]], ignore_index=True)
+                          rows["neg_text"] + "\x00" + rows["neg_image_path"], pd.Series(mined, dtype=object)],
+                         ignore_index=True)
         codes = pd.factorize(keys)[0]
-        rows["pos_id"], rows["neg_id"] = codes[:len(rows)], codes[len(rows):]
+        rows["pos_id"], rows["neg_id"] = codes[:len(rows)], codes[len(rows):2 * len(rows)]
+        if mined:  # one id space for positives and mined negatives: a copy of a row's positive is never its negative
+            ends = np.cumsum(rows["all_neg_text"].map(len).to_numpy())
+            rows["all_neg_id"] = [list(c) for c in np.split(codes[2 * len(rows):], ends[:-1])]
         rows["has_neg"] = self.hard_negatives & ((rows["neg_text"] != "") | (rows["neg_image_path"] != ""))
         for side, text, image in (("qry", "qry", "qry_image_path"), ("pos", "pos_text", "pos_image_path")):
             if self.with_subjects:
@@ -97,7 +108,12 @@ class Preparer:
 
     def chunk(self, rows: pd.DataFrame) -> PreparedChunk:
         """Inputs of annotated `rows`: queries, positives, hard negatives and subject phrases, one batch each."""
-        negs = rows[rows["has_neg"]]
+        if self.mined_k:
+            negs = pd.DataFrame({"neg_text": [t for ts in rows["mined_text"] for t in ts],
+                                 "neg_image_path": [i for its in rows["mined_image"] for i in its],
+                                 "neg_id": [i for ids in rows["mined_id"] for i in ids]})
+        else:
+            negs = rows[rows["has_neg"]]
         subjects = {side: rows[f"{side}_subject"].tolist() for side in ("qry", "pos")}
         subject_ids = {side: rows[f"{side}_subject_id"].tolist() for side in ("qry", "pos")}
         named = [(side, r) for side in ("qry", "pos") for r in range(len(rows)) if subjects[side][r]]
@@ -113,6 +129,9 @@ class Preparer:
         ids = {"pos": torch.tensor(rows["pos_id"].tolist(), dtype=torch.long),
                "neg": torch.tensor(negs["neg_id"].tolist(), dtype=torch.long),
                "region": torch.tensor([int(subject_ids[side][r]) for side, r in named], dtype=torch.long)}
+        if self.mined_k:  # the judge's scores of each row's positive and its k negatives, in that order
+            ids["judge"] = torch.tensor([[p, *js] for p, js in zip(rows["pos_judge"], rows["mined_judge"],
+                                                                     strict=True)], dtype=torch.float32)
         return PreparedChunk(batches, regions, ids)
 
     def step(self, global_batch: pd.DataFrame, world: int, rank: int, chunk_size: int | None) -> StepBatch:
@@ -140,7 +159,10 @@ class StepDataset(Dataset):
         return self.steps
 
     def __getitem__(self, k: int) -> StepBatch:
-        return self.preparer.step(self.rows.iloc[self.order[k]], self.world, self.rank, self.chunk_size)
+        batch = self.rows.iloc[self.order[k]]
+        if self.preparer.mined_k:
+            batch = choose(batch, self.preparer.mined_k, epoch=k // self.order.per_epoch)
+        return self.preparer.step(batch, self.world, self.rank, self.chunk_size)
 
 
 def _one(item: StepBatch) -> StepBatch:

@@ -24,6 +24,7 @@ from ssame.losses import (
     info_nce,
     saliency_attention_kl,
     saliency_pool,
+    soft_label_symmetric_kl,
     subject_alignment,
 )
 from ssame.model import Embedder, InputBuilder
@@ -59,18 +60,26 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 class Objective:
-    """SSA-ME loss = InfoNCE + λ_subj · subject alignment + λ_attn · attention KL, for one variant."""
+    """SSA-ME loss = InfoNCE + λ_subj · subject alignment + λ_attn · attention KL, for one variant. Under UniME-V2
+    (`mined_negatives`), the batch's hard negatives are each query's k mined ones: `infonce` keeps InfoNCE, `soft_kl`
+    replaces it with the symmetric KL to the judge's soft labels over each query's positive and own negatives."""
 
     def __init__(self, embedder: Embedder, build: InputBuilder, store: SaliencyStore | None,
-                 variant: dict[str, Any], train_cfg: dict[str, Any], accelerator):
+                 variant: dict[str, Any], train_cfg: dict[str, Any], accelerator,
+                 mine_cfg: dict[str, Any] | None = None):
         self.embedder, self.accelerator = embedder, accelerator
         self.temperature = float(train_cfg["temperature"])
+        self.mined = variant["mined_negatives"]
+        if self.mined != "none" and mine_cfg is None:
+            raise ValueError(f"mined_negatives '{self.mined}' needs params `mine`")
+        mined_k = mine_cfg["negatives"] if self.mined != "none" else None
+        self.kl_temperature = float(mine_cfg["kl_temperature"]) if mined_k else None
         self.chunk = train_cfg["grad_cache_chunk_size"]
         self.attn_weight = float(variant["attn_loss_weight"])
         self.subject_weight = float(variant["subject_loss_weight"])
         if (self.attn_weight > 0 or self.subject_weight > 0) and store is None:
             raise ValueError("the attention and subject objectives need the saliency stage's maps")
-        self.preparer = Preparer(build, store, bool(train_cfg["hard_negatives"]), self.subject_weight > 0)
+        self.preparer = Preparer(build, store, bool(train_cfg["hard_negatives"]), self.subject_weight > 0, mined_k)
 
     @property
     def build(self) -> InputBuilder:
@@ -112,10 +121,19 @@ class Objective:
 
     # ---- loss over gathered representations ----------------------------------------------------------------
     def batch_terms(self, reps: dict[str, torch.Tensor], ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Global InfoNCE and subject alignment from this process's representations (gathered inside)."""
-        terms = {"loss_nce": info_nce(
-            gather_with_grad(reps["query"]), gather_with_grad(reps["pos"]), self.temperature,
-            gather_with_grad(ids["pos"]), gather_varlen_with_grad(reps["neg"]), gather_varlen_with_grad(ids["neg"]))}
+        """Global InfoNCE (or UniME-V2's soft-label KL) and subject alignment from this process's representations
+        (gathered inside)."""
+        if self.mined == "soft_kl":
+            query, pos, judge = (gather_with_grad(reps["query"]), gather_with_grad(reps["pos"]),
+                                 gather_with_grad(ids["judge"]))
+            negs = gather_with_grad(reps["neg"]).view(len(query), judge.shape[1] - 1, -1)  # k per row, row-major
+            terms = {"loss_soft_kl": soft_label_symmetric_kl(query, torch.cat([pos[:, None], negs], dim=1), judge,
+                                                              self.kl_temperature)}
+        else:
+            terms = {"loss_nce": info_nce(
+                gather_with_grad(reps["query"]), gather_with_grad(reps["pos"]), self.temperature,
+                gather_with_grad(ids["pos"]), gather_varlen_with_grad(reps["neg"]),
+                gather_varlen_with_grad(ids["neg"]))}
         if self.subject_weight > 0:
             terms["loss_subject"] = subject_alignment(
                 gather_varlen_with_grad(reps["region"]), gather_varlen_with_grad(reps["phrase"]),
@@ -123,7 +141,8 @@ class Objective:
         return terms
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return terms["loss_nce"] + self.subject_weight * terms.get("loss_subject", 0.0)
+        main = terms["loss_soft_kl"] if self.mined == "soft_kl" else terms["loss_nce"]
+        return main + self.subject_weight * terms.get("loss_subject", 0.0)
 
     # ---- forward + backward of one global batch ------------------------------------------------------------
     def backward(self, batch: pd.DataFrame | StepBatch) -> dict[str, float]:
@@ -175,7 +194,8 @@ class Objective:
         record = {k: v.item() for k, v in terms.items()}
         if self.attn_weight > 0:
             record["loss_attn"] = self.accelerator.reduce(attn_sum.detach(), reduction="sum").item() / n_images
-        record["loss"] = (record["loss_nce"] + self.subject_weight * record.get("loss_subject", 0.0)
+        main = record["loss_soft_kl"] if self.mined == "soft_kl" else record["loss_nce"]
+        record["loss"] = (main + self.subject_weight * record.get("loss_subject", 0.0)
                           + self.attn_weight * record.get("loss_attn", 0.0))
         if self.attn_weight > 0:
             mass = torch.tensor([sum(o.extras.get(k, 0.0) for o in outs) for k in ("mass_sum", "mass_count")],

@@ -23,7 +23,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
 
 from ssame.atomic import atomic_path, write_json
-from ssame.config import Paths, as_params, uses_pretrain, variant_uses_saliency
+from ssame.config import Paths, as_params, uses_pretrain, variant_mines, variant_uses_saliency
 from ssame.data.io import image_root, train_path
 from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder, load_backbone
@@ -35,6 +35,7 @@ from ssame.train import checkpoint
 from ssame.train.batches import BatchOrder, training_rows
 from ssame.train.clip import check_deepspeed_clipping, clip_gradients
 from ssame.train.data import StepDataset, step_loader
+from ssame.train.mined import with_mined
 from ssame.train.objective import Objective
 
 LOG_EVERY = 10  # MLflow writes per-step metrics in batches of this many steps
@@ -76,7 +77,7 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
     scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
     embedder, optimizer = accelerator.prepare(embedder, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    objective = Objective(embedder, build, store, variant, cfg, accelerator)
+    objective = Objective(embedder, build, store, variant, cfg, accelerator, params["mine"])
     return embedder, objective, optimizer, scheduler, tokenizer, image_processor
 
 
@@ -103,7 +104,7 @@ def save_model(params: dict[str, Any], variant_name: str, accelerator: Accelerat
         accelerator.unwrap_model(embedder).save(model_dir, tokenizer, image_processor)
 
 
-def job_inputs(params: dict[str, Any], variant_name: str) -> dict[str, Path]:
+def job_inputs(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, Path]:
     """The files a training job reads, by name, for its run's input digests."""
     paths = Paths.from_params(params)
     inputs = {"data_manifest": paths.data / "manifest.csv"}
@@ -111,6 +112,8 @@ def job_inputs(params: dict[str, Any], variant_name: str) -> dict[str, Path]:
         inputs["pretrained"] = pretrained_backbone(params)
     if variant_uses_saliency(params["variants"][variant_name]):
         inputs["saliency_manifest"] = paths.saliency / "manifest.json"
+    if variant_mines(params["variants"][variant_name]):
+        inputs["mined_negatives"] = paths.mine(seed) / "negatives.parquet"
     return inputs
 
 
@@ -164,15 +167,18 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
         start_step, history, run_id, elapsed = (resumed["step"], resumed["history"], resumed["run_id"],
                                                 resumed["seconds"])
         log.info("resumed %s/seed%d from %s (step %d)", variant_name, seed, last, start_step)
-    rows = objective.annotate(training_rows(paths.data))  # once: 5 ms/step less than per batch (default profile)
+    rows = training_rows(paths.data)
+    if variant_mines(params["variants"][variant_name]):  # UniME-V2: this seed's judged negatives
+        rows = with_mined(rows, paths.mine(seed) / "negatives.parquet")
+    rows = objective.annotate(rows)  # once: 5 ms/step less than per batch (default profile)
     steps = StepDataset(rows, BatchOrder(len(rows), cfg["batch_size"], seed), objective.preparer,
                         accelerator.num_processes, accelerator.process_index, cfg["grad_cache_chunk_size"],
                         cfg["steps"])
     loader = step_loader(steps, start_step, cfg["num_workers"], accelerator.device.type == "cuda")
     run_name = f"train/{variant_name}/seed{seed}"
     main = accelerator.is_main_process
-    tags = job_tags(params, "train", {"variant": variant_name, "seed": str(seed)}, job_inputs(params, variant_name)) \
-        if main else {}
+    wildcards = {"variant": variant_name, "seed": str(seed)}
+    tags = job_tags(params, "train", wildcards, job_inputs(params, variant_name, seed)) if main else {}
     with mlflow_run(params, run_name, tags, run_id=run_id, system_metrics=True) if main else nullcontext() as mlflow:
         logger = StepLogger(mlflow) if main else None
         if main and run_id is None:
