@@ -64,6 +64,11 @@ def test_top_candidates_on_a_toy_set_with_known_neighbours():
     # δ drops everything at or above it: the nearest neighbours (similarity -1) go, the next ones stay
     picked = top_candidates(similarity, own=np.arange(5), top_k=3, threshold=-1.0)
     assert [p.tolist() for p in picked] == [[2, 3, 4], [3, 4], [0, 4], [1, 0], [2, 1, 0]]
+    # δ below every similarity: each query still gets one, its least similar candidate
+    picked = top_candidates(similarity, own=np.arange(5), top_k=3, threshold=-10.0)
+    assert [p.tolist() for p in picked] == [[4], [4], [4], [0], [0]]
+    with pytest.raises(ValueError, match="only the query's own positive"):
+        top_candidates(np.ones((2, 1)), own=np.zeros(2, dtype=int), top_k=3, threshold=1.0)
 
 
 def test_false_negatives_dropped_with_a_margin_and_a_fallback():

@@ -72,10 +72,12 @@ def mine_dataset(rows: pd.DataFrame, queries: torch.Tensor, candidates: torch.Te
     pairs = [(rows.iloc[i], pool.iloc[j]) for i in range(len(rows)) for j in [own[i], *picked[i]]]
     scores = judge(pairs)
     out, at = [], 0
-    for chosen in picked:
+    for i, chosen in enumerate(picked):
         positive, judged = float(scores[at]), scores[at + 1:at + 1 + len(chosen)]
         at += 1 + len(chosen)
         kept, fallback = drop_false_negatives(judged, positive, cfg["margin"])
+        if float(queries[i] @ candidates[chosen[0]]) >= cfg["similarity_threshold"]:
+            fallback = True  # δ left no candidate: the least similar one was taken
         negatives = pool.iloc[chosen[kept]]
         out.append({"neg_text": negatives["pos_text"].tolist(), "neg_image_path": negatives["pos_image_path"].tolist(),
                     "neg_judge": judged[kept].astype(float).tolist(), "pos_judge": positive, "fallback": fallback})

@@ -9,14 +9,18 @@ import numpy as np
 def top_candidates(similarity: np.ndarray, own: np.ndarray, top_k: int, threshold: float) -> list[np.ndarray]:
     """Per query (row of `similarity`, queries x candidates): candidate indices by decreasing similarity, at most
     `top_k`, without its own positive (`own[i]`) and without any at or above `threshold` δ (likely false
-    negatives: near-duplicates of the positive). Ties keep the lower index first."""
+    negatives: near-duplicates of the positive). When δ leaves none, the least similar other candidate is kept
+    (so every query has one to judge). Ties keep the lower index first."""
     if similarity.ndim != 2 or len(own) != len(similarity):
         raise ValueError(f"similarity {similarity.shape} needs one own-positive index per row, got {len(own)}")
+    if similarity.shape[1] < 2:
+        raise ValueError("the candidate pool holds only the query's own positive: nothing to mine")
     picked = []
     for i, row in enumerate(similarity):
         order = np.argsort(-row, kind="stable")
-        keep = order[(order != own[i]) & (row[order] < threshold)]
-        picked.append(keep[:top_k])
+        others = order[order != own[i]]
+        keep = others[row[others] < threshold]
+        picked.append(keep[:top_k] if len(keep) else others[-1:])
     return picked
 
 
