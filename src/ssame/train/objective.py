@@ -73,7 +73,6 @@ class Objective:
         if self.mined != "none" and mine_cfg is None:
             raise ValueError(f"mined_negatives '{self.mined}' needs params `mine`")
         mined_k = mine_cfg["negatives"] if self.mined != "none" else None
-        self.kl_temperature = float(mine_cfg["kl_temperature"]) if mined_k else None
         self.chunk = train_cfg["grad_cache_chunk_size"]
         self.attn_weight = float(variant["attn_loss_weight"])
         self.subject_weight = float(variant["subject_loss_weight"])
@@ -128,7 +127,7 @@ class Objective:
                                  gather_with_grad(ids["judge"]))
             negs = gather_with_grad(reps["neg"]).view(len(query), judge.shape[1] - 1, -1)  # k per row, row-major
             terms = {"loss_soft_kl": soft_label_symmetric_kl(query, torch.cat([pos[:, None], negs], dim=1), judge,
-                                                              self.kl_temperature)}
+                                                              self.temperature)}
         else:
             terms = {"loss_nce": info_nce(
                 gather_with_grad(reps["query"]), gather_with_grad(reps["pos"]), self.temperature,
