@@ -254,6 +254,29 @@ def test_dvc_pull_into_a_fresh_clone_leaves_snakemake_nothing_to_do(committed, t
     assert "Nothing to be done" in _snakemake(clone, "-n")
 
 
+def test_dvc_diffs_show_a_changed_run_between_two_commits(committed):
+    """Commit a run retrained at another learning rate: `dvc params diff`, `metrics diff` and `plots diff` between
+    the two commits show it; then go back."""
+    base = _run(committed, "git", "rev-parse", "HEAD").strip()
+    path = committed / "params" / "default.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["train"]["lr"] *= 2
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        _run(committed, *DVC, "repro", "-q", "evaluate_variant-baseline_seed-0")  # that run alone, upstream kept
+        _run(committed, "git", "commit", "-q", "-am", "lr x2")
+        changed = _dvc_json(committed, "params", "diff", "HEAD~1", "HEAD")["params/default.yaml"]
+        assert set(changed) == {"train.lr"}
+        metrics = _dvc_json(committed, "metrics", "diff", "HEAD~1", "HEAD")
+        assert "results/eval/baseline/seed0/aggregate.json" in metrics
+        assert "results/eval/ssame/seed0/aggregate.json" not in metrics  # the other runs did not move
+        plots = _dvc_json(committed, "plots", "diff", "HEAD~1", "HEAD")
+        assert not plots.get("errors") and "results/train/baseline/seed0/history.csv" in plots["data"]
+    finally:
+        _run(committed, "git", "reset", "-q", "--hard", base)
+        _run(committed, *DVC, "checkout", "-q", "-f")
+
+
 def test_dvc_exp_run_in_a_scratch_copy_keeps_mlflow_history(committed):
     """`dvc exp run --temp` runs the stage in a copy under .dvc/tmp; its MLflow run still lands in the project's
     store (DVC_ROOT), tagged with the experiment, beside every earlier run."""
