@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ssame.cli import STAGES
 from ssame.launch import Plan, command, launch
 from ssame.launch.devices import LaunchError, claim_devices, claim_port
 
@@ -128,4 +129,4 @@ def test_cli_routes_launch(repo):
     assert out.returncode == 2 and "--variant" in out.stderr  # the stage's own arguments are checked up front
     usage = subprocess.run([sys.executable, "-m", "ssame", "launch", "--help"], capture_output=True, text=True,
                            cwd=repo)
-    assert usage.returncode == 0 and "{mirror,data,pretrain,saliency,train,evaluate,report}" in usage.stdout
+    assert usage.returncode == 0 and "{" + ",".join(STAGES) + "}" in usage.stdout
