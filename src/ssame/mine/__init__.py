@@ -33,12 +33,12 @@ SIMILARITY_ROWS = 1024  # queries per similarity block
 COLUMNS = ["dataset", "neg_text", "neg_image_path", "neg_judge", "pos_judge", "fallback"]
 
 
-def _embed(evaluator: Any, keys: list[tuple[str, str]]) -> torch.Tensor:
+def _embed(miner: _Miner, keys: list[tuple[str, str]]) -> torch.Tensor:
+    """Unit-norm embeddings of `keys` in order, each distinct input encoded once (evaluation's `encode`)."""
     from ssame.evaluate.encode import encode
 
     unique = list(dict.fromkeys(keys))
-    out = encode(evaluator.embedder, evaluator.build, unique, evaluator.batch_size, evaluator.store, None,
-                 evaluator.state).embeddings
+    out = encode(miner.embedder, miner.build, unique, miner.batch_size, miner.store, None, miner.state).embeddings
     index = {k: i for i, k in enumerate(unique)}
     return out[[index[k] for k in keys]]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from PIL import Image
 Pair = tuple[pd.Series, pd.Series]  # (query row, candidate row): MMEB-train rows
 _WORD = re.compile(r"[a-z]+")
 _PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+IMAGE_CACHE = 256  # decoded images kept by the LMM judge
 
 
 class Judge(Protocol):
@@ -100,12 +102,17 @@ class LMMJudge:
         if self.yes == self.no:
             raise ValueError(f"judge {model}: 'Yes' and 'No' start with the same token")
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        # a query meets top_k + 1 candidates in a row: decode its image once, not once per pair
+        self._image = lru_cache(maxsize=IMAGE_CACHE)(self._decode)
+
+    def _decode(self, image: str) -> Image.Image:
+        return Image.open(self.image_root / image).convert("RGB")
 
     def _side(self, text: str, image: str, images: list[Image.Image]) -> str:
         text = _PLACEHOLDER.sub(" ", text).strip()
         if not image:
             return text
-        images.append(Image.open(self.image_root / image).convert("RGB"))
+        images.append(self._image(image))
         return "<|vision_start|>{pads}<|vision_end|>" + (f" {text}" if text else "")
 
     def encode(self, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
