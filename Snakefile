@@ -1,5 +1,6 @@
 # SSA-ME reproduction: params -> data -> (pretrain) -> saliency -> train -> evaluate -> report.
-#   snakemake --cores all                                        (embedded offline default)
+#   snakemake --cores all                                        (embedded offline default: SSA-ME and its ablations)
+#   snakemake --cores all seed_systems                           (+ UniME-V2 and MIRe, reports/seed_systems/)
 #   snakemake --cores all --config params=params/paper.yaml       (paper profile)
 #   snakemake --cores all --config params=params/rehearsal.yaml   (the paper profile rehearsed on a CPU)
 #   snakemake --profile workflow/profiles/slurm --config params=params/paper.yaml   (SLURM; docs/scaling.md)
@@ -7,8 +8,8 @@
 from snakemake.utils import min_version
 
 from ssame.cli import STAGES
-from ssame.config import (job_resources, job_threads, load_params, stage_params, uses_pretrain, variant_mines,
-                          variant_uses_saliency)
+from ssame.config import (all_variants, job_resources, job_threads, load_params, stage_params, uses_pretrain,
+                          variant_mines, variant_uses_saliency)
 from ssame.logs import checked_level
 from ssame.tracking import close_parent_run, open_parent_run
 
@@ -23,7 +24,8 @@ P = load_params(PARAMS_FILE).to_dict()
 
 R = P["results_dir"]
 REPORTS = P["reports_dir"]
-VARIANTS = P["train"]["variants"]
+VARIANTS = P["train"]["variants"]  # target all; target seed_systems adds train.seed_systems
+SEED_SYSTEMS = P["train"]["seed_systems"]
 SEEDS = P["train"]["seeds"]
 # Per rule: threads, resources (mem_mb, runtime, gpu per node, nodes) and retries, from params `resources`.
 THREADS = {rule: job_threads(P, rule) for rule in STAGES}  # one rule per stage
@@ -33,7 +35,7 @@ BENCH = f"{R}/benchmarks"  # Snakemake's benchmark files: each job's wall time, 
 LOCAL = set(P["resources"]["local_rules"])  # under a cluster executor these run on the submitting host
 
 wildcard_constraints:
-    variant="|".join(VARIANTS),
+    variant="|".join(all_variants(P)),
     seed=r"\d+",
 
 def mirror_if_rehearsal(wildcards):
@@ -62,7 +64,7 @@ include: "workflow/rules/data.smk"
 if uses_pretrain(P):
     include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/saliency.smk"
-if any(variant_mines(P["variants"][v]) for v in VARIANTS):
+if any(variant_mines(P["variants"][v]) for v in all_variants(P)):
     include: "workflow/rules/mine.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
@@ -86,3 +88,9 @@ rule all:
     default_target: True
     input:
         rules.report.output,
+
+
+if SEED_SYSTEMS:
+    rule seed_systems:  # snakemake --cores all seed_systems
+        input:
+            rules.report_seed_systems.output,

@@ -37,6 +37,22 @@ def test_undefined_variant(params):
         validate_params(params)
 
 
+def test_seed_systems_must_be_variants_and_apart_from_train_variants(params):
+    params["train"]["seed_systems"] = ["nope"]
+    with pytest.raises(ParamsError, match=r"train\.seed_systems names 'nope'"):
+        validate_params(params)
+    params["train"]["seed_systems"] = [params["train"]["variants"][0]]
+    with pytest.raises(ParamsError, match="both train.variants and train.seed_systems"):
+        validate_params(params)
+
+
+def test_lora_needs_the_vision_tower_frozen(repo):
+    params = load_params(repo / "params" / "paper.yaml").to_dict()
+    params["train"]["freeze_vision"] = False
+    with pytest.raises(ParamsError, match=r"train\.freeze_vision: true"):
+        validate_params(params)
+
+
 def test_unpinned_revision_rejected(repo):
     params = yaml.safe_load((repo / "params" / "paper.yaml").read_text())
     params["data"]["hub"]["eval_revision"] = "main"

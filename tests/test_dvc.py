@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssame.config import RUN_ONLY_KEYS, load_params
+from ssame.config import RUN_ONLY_KEYS, all_variants, load_params
 from ssame.dvc_yaml import Job, _command, dvc_pipeline, render, snakemake_jobs, stage_name
 
 
@@ -42,11 +42,12 @@ def test_one_stage_per_snakemake_job_with_its_command_files_and_own_params(repo)
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert list(stages) == [stage_name(job) for job in jobs]
     params = load_params(repo / "params" / "default.yaml")
-    runs = len(params["train"]["variants"]) * len(params["train"]["seeds"])
+    runs = len(all_variants(params)) * len(params["train"]["seeds"])  # targets all and seed_systems
     assert len([j for j in jobs if j.rule == "train"]) == runs
+    assert [j.rule for j in jobs if j.rule.startswith("report")] == ["report", "report_seed_systems"]
     for job in jobs:
         stage = stages[stage_name(job)]
-        assert stage["cmd"] in job.shellcmd and stage["cmd"].startswith(f"ssame launch {job.rule} ")
+        assert stage["cmd"] in job.shellcmd and stage["cmd"].startswith(f"ssame launch {job.rule.split('_')[0]} ")
     train = stages["train_variant-ssame_seed-1"]
     keys = set(train["params"][0]["params/default.yaml"])
     written = yaml.safe_load((repo / "params" / "default.yaml").read_text())["train"]
@@ -62,6 +63,8 @@ def test_one_stage_per_snakemake_job_with_its_command_files_and_own_params(repo)
     report = stages["report"]["outs"]
     assert {"reports/tables/main.tex": {"cache": False}} in report  # one out per file, also inside multiext()
     assert all(out[next(iter(out))] == {"cache": False} for out in report)  # committed to git
+    assert stages["report_seed_systems"]["cmd"].endswith(" --seed-systems")
+    assert {"reports/seed_systems/tables/main.md": {"cache": False}} in stages["report_seed_systems"]["outs"]
 
 
 @pytest.mark.parametrize("profile", ["paper", "rehearsal"])

@@ -16,7 +16,7 @@ from ssame.data.hub import mmeb_datasets
 from ssame.evaluate.aggregate import PUBLISHED_SUMMARY, published_aggregates
 from ssame.evaluate.outputs import write_predictions
 from ssame.evaluate.stats import bootstrap_aggregates, paired_bootstrap_groups
-from ssame.report import OUTPUT_FILES, build
+from ssame.report import build, output_files
 from ssame.report.tables import (
     INTERPRETABILITY,
     PER_DATASET_SOURCE,
@@ -141,7 +141,7 @@ def test_build_writes_tables_and_figures(params: dict) -> None:
         first = pd.DataFrame([_scores(variant, seed + 7) for seed in SEEDS]).iloc[:, 0].mean() * 100
         assert per_dataset.loc[0, variant] == pytest.approx(round(first, 1))
     assert len(ablation) == len(VARIANTS) * (len(SEEDS) + 1)
-    for name in OUTPUT_FILES:
+    for name in output_files(seed_systems=False):
         assert (reports / name).stat().st_size > 0
         if name.endswith(".png"):
             with Image.open(reports / name) as image:
@@ -162,9 +162,24 @@ def test_rebuilt_report_has_the_same_bytes(params: dict) -> None:
     element ids in HTML, no creation date in PDF)."""
     build(params)
     reports = Path(params["reports_dir"])
-    first = {name: (reports / name).read_bytes() for name in OUTPUT_FILES}
+    first = {name: (reports / name).read_bytes() for name in output_files(seed_systems=False)}
     build(params)
-    assert [name for name in OUTPUT_FILES if (reports / name).read_bytes() != first[name]] == []
+    assert [name for name in first if (reports / name).read_bytes() != first[name]] == []
+
+
+def test_seed_systems_report_adds_them_in_its_own_folder(params: dict) -> None:
+    """Target all reports train.variants; target seed_systems reports them with train.seed_systems, under
+    reports_dir/seed_systems, without the saliency stage's own tables and figures."""
+    params = {**params, "train": {**params["train"], "variants": VARIANTS[:1], "seed_systems": VARIANTS[1:]}}
+    build(params)
+    build(params, seed_systems=True)
+    reports = Path(params["reports_dir"])
+    assert pd.read_csv(reports / "tables" / "main.csv")["method"].tolist() == VARIANTS[:1]
+    both = reports / "seed_systems"
+    assert pd.read_csv(both / "tables" / "main.csv")["method"].tolist() == VARIANTS
+    assert sorted(p.relative_to(both).as_posix() for p in both.rglob("*.*")) == sorted(output_files(True))
+    assert not (both / "tables" / "saliency_quality.csv").exists()
+    assert (reports / "tables" / "saliency_quality.csv").is_file()
 
 
 def test_attention_maps_are_seed_means_of_the_same_queries(params: dict) -> None:

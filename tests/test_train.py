@@ -78,12 +78,19 @@ def test_lora_trains_adapters_and_saves_a_merged_backbone(small):
     weights = _weights(small, "baseline")
     assert not any("lora" in k or "base_layer" in k for k in weights)
     small["model"]["lora"] = None
+    small["train"]["freeze_vision"] = False
     train(small, "baseline", 0)
     full = _weights(small, "baseline")
     assert weights.keys() == full.keys()
     # LoRA leaves the vision tower frozen at its (seeded) initialisation; full fine-tuning moves it
     vision = [k for k in weights if "visual." in k and k.endswith("weight")]
     assert vision and any(not torch.equal(weights[k], full[k]) for k in vision)
+    small["train"]["freeze_vision"] = True  # full fine-tuning of the language model only
+    train(small, "baseline", 0)
+    frozen = _weights(small, "baseline")
+    assert all(torch.equal(weights[k], frozen[k]) for k in vision)
+    language = [k for k in weights if k.startswith("model.layers.") and k.endswith("proj.weight")]
+    assert language and all(not torch.equal(full[k], frozen[k]) for k in language)
 
 
 def test_evaluate_writes_scores_for_every_dataset(small):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ssame.config import ParamsError, load_params
+from ssame.config import ParamsError, Paths, load_params
 from ssame.logs import LEVELS, setup
 
 STAGES: dict[str, str] = {
@@ -38,7 +39,12 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
     elif stage == "saliency":
         from ssame.saliency import build
     elif stage == "report":
-        from ssame.report import build
+        from ssame.report import build as report
+
+        scope = {"scope": "seed_systems"} if args.seed_systems else None
+        _tracked(stage, lambda p: report(p, args.seed_systems), params, scope,
+                 reports=Paths.from_params(params).report(args.seed_systems))
+        return
     elif stage == "mine":
         from ssame.mine import build as mine
 
@@ -55,10 +61,10 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
     _tracked(stage, build, params)
 
 
-def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: dict[str, str] | None = None) -> None:
+def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: dict[str, str] | None = None,
+             reports: Path | None = None) -> None:
     """Run a whole-stage build inside its MLflow run (a child of the snakemake invocation's) and log the files
-    that summarise its outputs as artifacts."""
-    from ssame.config import Paths
+    that summarise its outputs as artifacts (a report: its tables/ and figures/ under `reports`)."""
     from ssame.tracking import job_tags, mlflow_run
 
     paths = Paths.from_params(params)
@@ -75,9 +81,8 @@ def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: di
                      "mine": [paths.mine(seed) / "stats.json"]}.get(stage, [])
         for path in summaries:
             mlflow.log_artifact(str(path))
-        if stage == "report":
-            for folder in ("tables", "figures"):
-                mlflow.log_artifacts(str(paths.reports / folder), artifact_path=folder)
+        for folder in ("tables", "figures") if reports else ():
+            mlflow.log_artifacts(str(reports / folder), artifact_path=folder)
 
 
 def _check_run(params: dict[str, Any], args: argparse.Namespace) -> None:
@@ -106,6 +111,10 @@ def parser() -> argparse.ArgumentParser:
                          help="least severe log records written (default: %(default)s)")
         if stage in ("train", "evaluate"):
             sub.add_argument("--variant", required=True, help="a key of the params' `variants`")
+        if stage == "report":
+            sub.add_argument("--seed-systems", action="store_true",
+                             help="report train.variants and train.seed_systems under reports_dir/seed_systems "
+                                  "(target seed_systems)")
         if stage in ("train", "evaluate", "mine"):
             sub.add_argument("--seed", type=int, required=True, help="training seed")
     return top

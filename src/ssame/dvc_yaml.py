@@ -32,7 +32,10 @@ CODE = {
     "train": ["src/ssame/train", "src/ssame/model", "src/ssame/losses.py", "src/ssame/mine/negatives.py"],
     "evaluate": ["src/ssame/evaluate", "src/ssame/model"],
     "report": ["src/ssame/report"],
+    "report_seed_systems": ["src/ssame/report"],
 }
+STAGE_OF_RULE = {"report_seed_systems": "report"}  # rules that run a stage under another name
+TARGETS = ("all", "seed_systems")  # the Snakefile's targets (seed_systems only when params name seed systems)
 WHOLE_FOLDER = ("mirror", "data", "pretrain", "saliency")  # jobs that write one folder of their own
 PERSIST = ("saliency",)  # its shard cache: the stage reuses every shard whose fingerprint still matches
 METRICS = {("train", "metrics"), ("evaluate", "aggregate")}  # (rule, output name)
@@ -53,7 +56,7 @@ class Job:
 
 
 def snakemake_jobs(params_file: str, root: Path = Path()) -> list[Job]:
-    """Every job of the workflow's default target under `params_file`, as if nothing had run (forceall).
+    """Every job of the workflow's targets (TARGETS) under `params_file`, as if nothing had run (forceall).
 
     Snakemake 9 has no public API for the job list; this reads its DAG the way `--summary` does (pinned: <10)."""
     from snakemake.api import SnakemakeApi
@@ -64,6 +67,8 @@ def snakemake_jobs(params_file: str, root: Path = Path()) -> list[Job]:
                                     config_settings=ConfigSettings(config={"params": params_file}),
                                     snakefile=root / "Snakefile", workdir=root)
         workflow = workflow_api.dag(dag_settings=DAGSettings(forceall=True)).workflow_api._workflow
+        targets = {rule for rule in TARGETS if workflow.is_rule(rule)}
+        workflow = workflow_api.dag(dag_settings=DAGSettings(targets=targets, forceall=True)).workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         jobs = []
@@ -86,7 +91,7 @@ def _dag_order(job: Job) -> tuple:
     from ssame.cli import STAGES
 
     values = tuple((0, int(v), "") if v.isdigit() else (1, 0, v) for v in job.wildcards.values())
-    return (list(STAGES).index(job.rule), values)
+    return (list(STAGES).index(STAGE_OF_RULE.get(job.rule, job.rule)), job.rule, values)
 
 
 def stage_name(job: Job) -> str:

@@ -1,62 +1,58 @@
 # Every table as HTML (shown, captioned, in the HTML report), CSV, Markdown and booktabs LaTeX; every figure as PNG
 # (shown, captioned) and PDF. Captions: workflow/report/<name>.rst.
-def table(name, category="Tables"):
-    return report(f"{REPORTS}/tables/{name}.html", caption=f"../report/{name}_table.rst", category=category)
+def table(root, name, category="Tables"):
+    return report(f"{root}/tables/{name}.html", caption=f"../report/{name}_table.rst", category=category)
 
 
-def figure(name, category="Figures"):
-    return report(f"{REPORTS}/figures/{name}.png", caption=f"../report/{name}.rst", category=category)
+def figure(root, name, category="Figures"):
+    return report(f"{root}/figures/{name}.png", caption=f"../report/{name}.rst", category=category)
 
 
-def siblings(folder, name, *suffixes):
-    return multiext(f"{REPORTS}/{folder}/{name}", *suffixes)
+def tables(root, *names):
+    """Each table as HTML (in the HTML report) and its CSV, Markdown and LaTeX siblings."""
+    return {key: value for name in names for key, value in (
+        (name, table(root, name)), (f"{name}_other", multiext(f"{root}/tables/{name}", ".csv", ".md", ".tex")))}
 
 
+def figures(root, *names):
+    """Each figure as PNG (in the HTML report) and PDF."""
+    return {key: value for name in names for key, value in (
+        (name, figure(root, name)), (f"{name}_pdf", f"{root}/figures/{name}.pdf"))}
+
+
+COMPARISON = {"tables": ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published",
+                         "interpretability"],
+              "figures": ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars",
+                          "attention_grid"]}  # ssame.report.TABLES and FIGURES
+SALIENCY_METHODS = [*P["saliency"]["quality"]["experts"], "fusion"]
+
+
+def report_inputs(variants):
+    return dict(
+        aggregates=expand(f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json", variant=variants, seed=SEEDS),
+        predictions=expand(f"{R}/eval/{{variant}}/seed{{seed}}/predictions", variant=variants, seed=SEEDS),
+        histories=expand(f"{R}/train/{{variant}}/seed{{seed}}/history.csv", variant=variants, seed=SEEDS),
+        attention=expand(f"{R}/eval/{{variant}}/seed{{seed}}/attention.json", variant=variants, seed=SEEDS),
+    )
+
+
+# Target all: train.variants, with the saliency stage's tables and figures.
 rule report:
     input:
-        aggregates=expand(f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json", variant=VARIANTS, seed=SEEDS),
-        predictions=expand(f"{R}/eval/{{variant}}/seed{{seed}}/predictions", variant=VARIANTS, seed=SEEDS),
-        histories=expand(f"{R}/train/{{variant}}/seed{{seed}}/history.csv", variant=VARIANTS, seed=SEEDS),
-        attention=expand(f"{R}/eval/{{variant}}/seed{{seed}}/attention.json", variant=VARIANTS, seed=SEEDS),
+        **report_inputs(VARIANTS),
         saliency=rules.saliency.output.manifest,
         quality=rules.saliency.output.quality,
     output:
-        main=table("main"),
-        main_other=siblings("tables", "main", ".csv", ".md", ".tex"),
-        ablation=table("ablation"),
-        ablation_other=siblings("tables", "ablation", ".csv", ".md", ".tex"),
-        ablation_delta=table("ablation_delta"),
-        ablation_delta_other=siblings("tables", "ablation_delta", ".csv", ".md", ".tex"),
-        per_dataset=table("per_dataset"),
-        per_dataset_other=siblings("tables", "per_dataset", ".csv", ".md", ".tex"),
-        ci=table("ci"),
-        ci_other=siblings("tables", "ci", ".csv", ".md", ".tex"),
-        significance=table("significance"),
-        significance_other=siblings("tables", "significance", ".csv", ".md", ".tex"),
-        published=table("published"),
-        published_other=siblings("tables", "published", ".csv", ".md", ".tex"),
-        interpretability=table("interpretability"),
-        interpretability_other=siblings("tables", "interpretability", ".csv", ".md", ".tex"),
-        saliency_quality=table("saliency_quality", category="Saliency"),
-        saliency_quality_other=siblings("tables", "saliency_quality", ".csv", ".md", ".tex"),
-        bars=figure("metatask_bars"),
-        bars_pdf=f"{REPORTS}/figures/metatask_bars.pdf",
-        curves=figure("training_curves"),
-        curves_pdf=f"{REPORTS}/figures/training_curves.pdf",
-        heatmap=figure("per_dataset_heatmap"),
-        heatmap_pdf=f"{REPORTS}/figures/per_dataset_heatmap.pdf",
-        ablation_bars=figure("ablation_bars"),
-        ablation_bars_pdf=f"{REPORTS}/figures/ablation_bars.pdf",
-        attention=figure("attention_grid"),
-        attention_pdf=f"{REPORTS}/figures/attention_grid.pdf",
-        overlays=figure("saliency_overlays"),
-        overlays_pdf=f"{REPORTS}/figures/saliency_overlays.pdf",
+        **tables(REPORTS, *COMPARISON["tables"]),
+        **figures(REPORTS, *COMPARISON["figures"]),
+        **tables(REPORTS, "saliency_quality"),
+        **figures(REPORTS, "saliency_overlays"),
         saliency_methods=[report(f"{REPORTS}/figures/saliency_{m}.png", caption="../report/saliency_method.rst",
-                                 category="Saliency") for m in [*P["saliency"]["quality"]["experts"], "fusion"]],
-        saliency_methods_pdf=[f"{REPORTS}/figures/saliency_{m}.pdf"
-                              for m in [*P["saliency"]["quality"]["experts"], "fusion"]],
+                                 category="Saliency") for m in SALIENCY_METHODS],
+        saliency_methods_pdf=[f"{REPORTS}/figures/saliency_{m}.pdf" for m in SALIENCY_METHODS],
     params:
         depends=stage_params(P, "report"),
+        scope="",
     threads: THREADS["report"]
     localrule: "report" in LOCAL
     resources:
@@ -67,4 +63,20 @@ rule report:
         f"{R}/logs/report.log",
     shell:
         "ssame launch report --gpus {resources.gpu} --params {PARAMS_FILE} --log-level {LOG_LEVEL}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads}{params.scope} > {log} 2>&1"
+
+
+# Target seed_systems: train.variants and train.seed_systems, side by side (docs/seed_systems.md).
+use rule report as report_seed_systems with:
+    input:
+        **report_inputs(VARIANTS + SEED_SYSTEMS),
+    output:
+        **tables(f"{REPORTS}/seed_systems", *COMPARISON["tables"]),
+        **figures(f"{REPORTS}/seed_systems", *COMPARISON["figures"]),
+    params:
+        depends=stage_params(P, "report_seed_systems"),
+        scope=" --seed-systems",
+    benchmark:
+        f"{BENCH}/report_seed_systems.tsv"
+    log:
+        f"{R}/logs/report_seed_systems.log",

@@ -196,9 +196,12 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
     data, train = params["data"], params["train"]
     if data[data["source"]] is None:
         raise ParamsError(f"{source}: data.source is '{data['source']}' but key 'data.{data['source']}' is missing")
-    for variant in train["variants"]:
-        if variant not in params["variants"]:
-            raise ParamsError(f"{source}: train.variants names '{variant}', which is not a key of 'variants'")
+    for key in ("variants", "seed_systems"):
+        for variant in train[key]:
+            if variant not in params["variants"]:
+                raise ParamsError(f"{source}: train.{key} names '{variant}', which is not a key of 'variants'")
+    if both := sorted(set(train["variants"]) & set(train["seed_systems"])):
+        raise ParamsError(f"{source}: {both} are in both train.variants and train.seed_systems")
     for rule, job in params["resources"].items():
         if not isinstance(job, dict):
             continue
@@ -209,7 +212,7 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
                               "than one GPU")
         if job["threads"] is None and rule not in LAUNCHED_RULES:
             raise ParamsError(f"{source}: resources.{rule}.threads is null; give a number of cores")
-    mined = [name for name in train["variants"] if params["variants"][name]["mined_negatives"] != "none"]
+    mined = [name for name in all_variants(params) if params["variants"][name]["mined_negatives"] != "none"]
     if mined and params["mine"] is None:
         raise ParamsError(f"{source}: variants {mined} train on mined negatives but key 'mine' is missing")
     if mined and params["mine"]["miner"] not in train["variants"]:
@@ -217,6 +220,9 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
                           "each seed mines that seed's negatives)")
     if mined and params["variants"][params["mine"]["miner"]]["mined_negatives"] != "none":
         raise ParamsError(f"{source}: mine.miner '{params['mine']['miner']}' cannot itself train on mined negatives")
+    if params["model"]["lora"] and not train["freeze_vision"]:
+        raise ParamsError(f"{source}: model.lora adapts the language model only and leaves the vision tower frozen; "
+                          "set train.freeze_vision: true to say so")
     isolated = [name for name, v in params["variants"].items() if v.get("fusion") == "isolated"]
     if isolated and params["model"]["attn_implementation"] == "flash_attention_2":
         raise ParamsError(f"{source}: variants {isolated} use fusion 'isolated' (a 4-D attention mask), which "
@@ -264,13 +270,23 @@ def variant_mines(variant: Mapping[str, Any]) -> bool:
     return as_variant(variant)["mined_negatives"] != "none"
 
 
+def all_variants(params: Mapping[str, Any]) -> list[str]:
+    """Every variant the workflow can train: `train.variants`, then `train.seed_systems`."""
+    return [*params["train"]["variants"], *params["train"]["seed_systems"]]
+
+
+def reported_variants(params: Mapping[str, Any], seed_systems: bool) -> list[str]:
+    """The variants of a report: `train.variants` (target `all`), with `train.seed_systems` for their own target."""
+    return all_variants(params) if seed_systems else list(params["train"]["variants"])
+
+
 def variant_labels(params: Mapping[str, Any]) -> dict[str, str]:
-    """How tables and plots name each variant of `train.variants`: a UniME-V2 variant whose negatives the offline
-    attribute judge scored says so."""
+    """How tables and plots name each variant: a UniME-V2 variant whose negatives the offline attribute judge
+    scored says so."""
     mine = params["mine"]
     offline = mine is not None and mine["judge"]["backend"] == "attributes"
     return {v: f"{v} (attribute judge)" if offline and variant_mines(params["variants"][v]) else v
-            for v in params["train"]["variants"]}
+            for v in all_variants(params)}
 
 
 def variant_uses_saliency(variant: Mapping[str, Any]) -> bool:
@@ -310,7 +326,7 @@ def plain_accelerate(accelerate_config: str | Path) -> bool:
 
 
 # train keys that change where or how a run is scheduled, logged or checkpointed, never what it computes
-RUN_ONLY_KEYS = ("variants", "seeds", "checkpoint_every", "num_workers")
+RUN_ONLY_KEYS = ("variants", "seed_systems", "seeds", "checkpoint_every", "num_workers")
 
 
 def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = None) -> dict[str, Any]:
@@ -323,7 +339,9 @@ def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = Non
                 *(f"train.{key}" for key in params["train"] if key not in RUN_ONLY_KEYS)]
     else:
         keys = {"pretrain": ["pretrain", "model"], "mine": ["mine"],
-                "report": ["model", "variants", "train.variants", "train.seeds", "evaluate"]}.get(rule, [rule])
+                "report": ["model", "variants", "train.variants", "train.seeds", "evaluate"],
+                "report_seed_systems": ["model", "variants", "train.variants", "train.seed_systems", "train.seeds",
+                                        "evaluate"]}.get(rule, [rule])
     return {key: _lookup(params, key) for key in keys}
 
 
@@ -396,6 +414,10 @@ class Paths:
     @property
     def data(self) -> Path:
         return self.results / "data"
+
+    def report(self, seed_systems: bool) -> Path:
+        """The tables/ and figures/ of target `all`, or of target `seed_systems` (its own folder)."""
+        return self.reports / "seed_systems" if seed_systems else self.reports
 
     @property
     def pretrain(self) -> Path:

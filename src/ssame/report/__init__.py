@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssame.config import Paths, as_params, variant_labels
+from ssame.config import Paths, as_params, reported_variants, variant_labels
 from ssame.data.io import read_manifest
 from ssame.evaluate.stats import variant_hits
 from ssame.report.figures import (
@@ -35,14 +35,20 @@ from ssame.report.tables import (
     write_table,
 )
 
-TABLES = ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published", "interpretability",
-          "saliency_quality"]
-FIGURES = ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars", "attention_grid",
-           "saliency_overlays"]
+SALIENCY_TABLES = ["saliency_quality"]  # the saliency stage's own: under target `all` only
+SALIENCY_FIGURES = ["saliency_overlays"]  # plus figures/saliency_<method>.{png,pdf}, one per params
+                                          # saliency.quality.experts and "fusion"
+TABLES = ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published", "interpretability"]
+FIGURES = ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars", "attention_grid"]
 TABLE_FORMATS = (".csv", ".md", ".tex", ".html")
-OUTPUT_FILES = [f"tables/{t}{x}" for t in TABLES for x in TABLE_FORMATS] + [
-    f"figures/{f}{x}" for f in FIGURES for x in FORMATS
-]  # plus figures/saliency_<method>.{png,pdf} for every method of params saliency.quality.experts and "fusion"
+
+
+def output_files(seed_systems: bool) -> list[str]:
+    """The files a report writes, relative to its folder (`Paths.report`), the per-method saliency figures aside."""
+    tables = TABLES if seed_systems else TABLES + SALIENCY_TABLES
+    figures = FIGURES if seed_systems else FIGURES + SALIENCY_FIGURES
+    return [f"tables/{t}{x}" for t in tables for x in TABLE_FORMATS] + [
+        f"figures/{f}{x}" for f in figures for x in FORMATS]
 
 
 REFERENCE = "ssame"  # the full SSA-ME: every other variant's delta in tables/ablation_delta
@@ -61,11 +67,12 @@ def labelled(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     return out
 
 
-def build(params: dict) -> None:
-    """Write every file in OUTPUT_FILES (and the per-method saliency figures) under `params["reports_dir"]`."""
+def build(params: dict, seed_systems: bool = False) -> None:
+    """Write every file of `output_files` under `Paths.report(seed_systems)`: target `all`'s report of
+    `train.variants` (with the saliency stage's tables and figures), or target `seed_systems`'s of every variant."""
     params = as_params(params)
-    results, reports = Path(params["results_dir"]), Path(params["reports_dir"])
-    variants, seeds = params["train"]["variants"], params["train"]["seeds"]
+    results, reports = Path(params["results_dir"]), Paths.from_params(params).report(seed_systems)
+    variants, seeds = reported_variants(params, seed_systems), params["train"]["seeds"]
     manifest = read_manifest(results / "data")
     manifest = manifest[manifest["num_queries"] > 0]  # as the evaluate stage: a dataset without rows is not scored
     datasets = manifest["dataset"].tolist()
@@ -97,5 +104,6 @@ def build(params: dict) -> None:
     ablation_bars(delta, figures / "ablation_bars.png")
     compared = [v for v in ("baseline", REFERENCE) if v in variants] or variants[:2]
     attention_grid(results, compared, seeds, figures / "attention_grid.png")
-    saliency_overlays(results, datasets, figures / "saliency_overlays.png")
-    build_saliency_report(results, reports)
+    if not seed_systems:
+        saliency_overlays(results, datasets, figures / "saliency_overlays.png")
+        build_saliency_report(results, reports)

@@ -72,6 +72,8 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
     store = SaliencyStore(paths.saliency) if variant_uses_saliency(variant) else None
     build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"],
                          image_side=square_side(params["model"]))
+    if cfg["freeze_vision"]:  # under LoRA peft has frozen it already
+        embedder.qwen.model.visual.requires_grad_(False)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
     scheduler = linear_warmup_decay(optimizer, cfg["warmup_steps"], cfg["steps"])
