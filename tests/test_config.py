@@ -42,7 +42,7 @@ def test_seed_systems_must_be_variants_and_apart_from_train_variants(params):
     with pytest.raises(ParamsError, match=r"train\.seed_systems names 'nope'"):
         validate_params(params)
     params["train"]["seed_systems"] = [params["train"]["variants"][0]]
-    with pytest.raises(ParamsError, match="both train.variants and train.seed_systems"):
+    with pytest.raises(ParamsError, match=r"both train\.variants and train\.seed_systems"):
         validate_params(params)
 
 
