@@ -140,3 +140,25 @@ def test_square_and_pixels_agree_on_mmeb_mini_images(tokenizer, default_params, 
     assert square.inputs.keys() == pixels.inputs.keys()
     for key, value in pixels.inputs.items():
         assert torch.equal(square.inputs[key], value), key
+
+
+@pytest.mark.parametrize(("side", "patch", "merge"), [(96, 12, 2), (56, 14, 2), (48, 12, 2)])
+def test_batched_patches_are_the_processors_bit_for_bit(side, patch, merge):
+    """`pixel_patches` (one array pass per batch) equals Qwen2VLImageProcessorPil image by image, exactly, for random
+    RGB images at the processor's pixel budget; batches it would resize or mix sizes go through it unchanged."""
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+
+    from ssame.model.inputs import pixel_patches
+
+    processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge, temporal_patch_size=2,
+                                         size={"shortest_edge": side * side, "longest_edge": side * side})
+    rng = np.random.default_rng(side)
+    images = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(5)]
+    grey = Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8))  # converted by the processor
+    other = Image.fromarray(rng.integers(0, 256, (side + 7, side - 5, 3), dtype=np.uint8))  # resized by it
+    for batch in (images[:1], images, [*images[:2], other], [other], [grey, images[0]]):
+        ours, theirs = pixel_patches(processor, batch), processor(images=batch, return_tensors="pt")
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key

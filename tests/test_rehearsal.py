@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ssame.config import load_params
+from ssame.config import all_variants, load_params, variant_labels
 from ssame.tracking import resolve_uri
 
 # What the rehearsal may change: sizes, model ids (with their revisions) and where data and outputs live.
@@ -102,7 +102,8 @@ def test_accelerate_configs_differ_only_in_process_count(repo, profiles):
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory, repo) -> Path:
-    """A scratch project that has run `snakemake --cores 2 --config params=params/rehearsal.yaml` once."""
+    """A scratch project that has run `snakemake --cores 2 --config params=params/rehearsal.yaml all seed_systems`
+    once: every variant, the seed systems too."""
     root = tmp_path_factory.mktemp("rehearsal")
     shutil.copy(repo / "Snakefile", root / "Snakefile")
     shutil.copytree(repo / "workflow", root / "workflow")
@@ -111,8 +112,8 @@ def rehearsal(tmp_path_factory, repo) -> Path:
     (root / "src").symlink_to(repo / "src")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--config",
-                           "params=params/rehearsal.yaml"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=1200)
+                           "params=params/rehearsal.yaml", "all", "seed_systems"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"rehearsal failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return root
 
@@ -122,6 +123,10 @@ def test_rehearsal_runs_end_to_end(rehearsal):
     params = load_params(rehearsal / "params" / "rehearsal.yaml")
     main = pd.read_csv(rehearsal / params["reports_dir"] / "tables" / "main.csv")
     assert sorted(main["method"]) == sorted(params["train"]["variants"])
+    both = pd.read_csv(rehearsal / params["reports_dir"] / "seed_systems" / "tables" / "main.csv")
+    labels = variant_labels(params)
+    assert sorted(both["method"]) == sorted(labels[v] for v in all_variants(params))
+    assert params["train"]["seed_systems"]
     results = rehearsal / params["results_dir"]
     aggregate = json.loads((results / "eval" / "ssame" / "seed0" / "aggregate.json").read_text())
     assert len(aggregate["per_dataset"]) == 36  # every MMEB-eval config of the mirror

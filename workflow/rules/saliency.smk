@@ -9,6 +9,7 @@ rule saliency:
     params:
         depends=stage_params(P, "saliency"),  # rerun when these params change (the DVC stage lists the same)
     threads: THREADS["saliency"]
+    priority: 1  # as soon as a core is free (pretraining holds both): every SSA-ME job waits for it, baselines do not
     localrule: "saliency" in LOCAL
     resources:
         **RESOURCES["saliency"],
