@@ -9,6 +9,7 @@ rule pretrain:
     params:
         depends=stage_params(P, "pretrain"),
     threads: THREADS["pretrain"]
+    priority: 2  # before saliency (priority 1), which would otherwise hold one core while pretraining waits for two
     localrule: "pretrain" in LOCAL
     resources:
         **RESOURCES["pretrain"],

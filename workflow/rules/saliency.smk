@@ -9,7 +9,7 @@ rule saliency:
     params:
         depends=stage_params(P, "saliency"),  # rerun when these params change (the DVC stage lists the same)
     threads: THREADS["saliency"]
-    priority: 1  # as soon as a core is free (pretraining holds both): every SSA-ME job waits for it, baselines do not
+    priority: 1  # right after pretraining (priority 2), before the baselines' jobs: every SSA-ME job waits for it
     localrule: "saliency" in LOCAL
     resources:
         **RESOURCES["saliency"],
