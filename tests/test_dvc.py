@@ -107,7 +107,7 @@ def test_a_new_seed_adds_stages_and_leaves_the_others_alone():
     data = Job("data", {}, [], [("manifest", "results/data/manifest.csv"), ("images", "results/data/images")], None,
                "ssame launch data", {"data": {}})
     raw = {"data": {}, "variants": {"v": {}}, "train": {"steps": 3}}
-    one = dvc_pipeline([data, train(0)], "p.yaml", raw, "reports", ["v"])["stages"]
-    two = dvc_pipeline([data, train(0), train(1)], "p.yaml", raw, "reports", ["v"])["stages"]
+    one = dvc_pipeline([data, train(0)], "p.yaml", raw, "reports", {False: ["v"], True: ["v"]})["stages"]
+    two = dvc_pipeline([data, train(0), train(1)], "p.yaml", raw, "reports", {False: ["v"], True: ["v"]})["stages"]
     assert two["train_variant-v_seed-0"] == one["train_variant-v_seed-0"]
     assert two["train_variant-v_seed-1"]["deps"][0] == "results/data"  # a file in a whole-stage folder: the folder

@@ -102,7 +102,7 @@ def test_accelerate_configs_differ_only_in_process_count(repo, profiles):
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory, repo) -> Path:
-    """A scratch project that has run `snakemake --cores 2 --config params=params/rehearsal.yaml all seed_systems`
+    """A scratch project that has run `snakemake --cores 2 all seed_systems --config params=params/rehearsal.yaml`
     once: every variant, the seed systems too."""
     root = tmp_path_factory.mktemp("rehearsal")
     shutil.copy(repo / "Snakefile", root / "Snakefile")
@@ -111,9 +111,9 @@ def rehearsal(tmp_path_factory, repo) -> Path:
     shutil.copytree(repo / "params", root / "params")
     (root / "src").symlink_to(repo / "src")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--config",
-                           "params=params/rehearsal.yaml", "all", "seed_systems"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "all", "seed_systems", "--config",
+                           "params=params/rehearsal.yaml"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, f"rehearsal failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return root
 

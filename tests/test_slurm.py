@@ -63,12 +63,13 @@ def _jobs_in_dry_run(out: str) -> dict[str, dict[str, str]]:
 
 def test_paper_dry_run_shows_every_rules_resources(cluster, repo):
     root, env = cluster
-    out = _snakemake(root, env, "--config", "params=params/paper.yaml", "-n")
+    out = _snakemake(root, env, "all", "seed_systems", "--config", "params=params/paper.yaml", "-n")
     assert "workflow specific profile profiles/default" in out  # the default profile is loaded, too
     params = load_params(repo / "params" / "paper.yaml")
     profile = yaml.safe_load((repo / PROFILE / "config.yaml").read_text())
     jobs = _jobs_in_dry_run(out)
-    assert set(jobs) == {"data", "saliency", "mine", "train", "evaluate", "report", "all"}
+    assert set(jobs) == {"data", "saliency", "mine", "train", "evaluate", "report", "all", "report_seed_systems",
+                         "seed_systems"}
     for rule in ["data", "saliency", "mine", "train", "evaluate", "report"]:
         want = {k: str(v) for k, v in job_resources(params, rule).items()}
         want["slurm_partition"] = profile["set-resources"].get(rule, {}).get(

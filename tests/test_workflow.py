@@ -197,6 +197,7 @@ def test_dvc_metrics_plots_and_per_run_params(project, first_run):
     plots = _dvc_json(project, "plots", "show")
     assert not plots.get("errors"), plots.get("errors")
     assert plots["data"]["per_dataset_hit_at_1"] and plots["data"]["results/train/ssame/seed0/history.csv"]
+    assert plots["data"]["per_dataset_hit_at_1_seed_systems"]  # all eight variants' columns
     path = project / "params" / "default.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ssame.config import load_params, variant_labels
+from ssame.config import Paths, load_params, reported_variants, variant_labels
 
 CODE = {
     "mirror": ["src/ssame/rehearsal"],
@@ -138,9 +138,10 @@ def _written(raw: dict[str, Any], dotted: str) -> bool:
 
 
 def dvc_pipeline(jobs: list[Job], params_file: str, raw_params: dict[str, Any], reports_dir: str,
-                 columns: list[str]) -> dict[str, Any]:
+                 columns: dict[bool, list[str]]) -> dict[str, Any]:
     """The dvc.yaml document for `jobs`. DVC reads params keys from the file as written (`raw_params`): a key
-    left to its schema default is covered by the code dep on src/ssame/config, which holds the schema."""
+    left to its schema default is covered by the code dep on src/ssame/config, which holds the schema. `columns`:
+    the per-dataset table's variant columns of target all's report (False) and target seed_systems's (True)."""
     folders = {_folder(job.outputs): job.rule for job in jobs if job.rule in WHOLE_FOLDER}
     stages: dict[str, Any] = {}
     for job in jobs:
@@ -168,11 +169,15 @@ def dvc_pipeline(jobs: list[Job], params_file: str, raw_params: dict[str, Any], 
             if value:
                 stage[key] = value
         stages[stage_name(job)] = stage
-    per_dataset = f"{reports_dir}/tables/per_dataset.csv"
     document: dict[str, Any] = {"stages": stages}
-    if any(per_dataset == path for job in jobs for _, path in job.outputs):
-        document["plots"] = [{"per_dataset_hit_at_1": {"template": "simple", "x": "dataset",
-                                                       "y": {per_dataset: columns}}}]
+    written = {path for job in jobs for _, path in job.outputs}
+    plots = []
+    for seed_systems, name in ((False, "per_dataset_hit_at_1"), (True, "per_dataset_hit_at_1_seed_systems")):
+        per_dataset = f"{Paths(Path(), Path(reports_dir)).report(seed_systems).as_posix()}/tables/per_dataset.csv"
+        if per_dataset in written:
+            plots.append({name: {"template": "simple", "x": "dataset", "y": {per_dataset: columns[seed_systems]}}})
+    if plots:
+        document["plots"] = plots
     return document
 
 
@@ -187,8 +192,9 @@ def render(params_file: str, root: Path = Path()) -> str:
     """dvc.yaml's text for `params_file` (a path relative to `root`, the project holding the Snakefile)."""
     params = load_params(root / params_file)
     raw = yaml.safe_load((root / params_file).read_text())
-    document = dvc_pipeline(snakemake_jobs(params_file, root), params_file, raw, params["reports_dir"],
-                            list(variant_labels(params).values()))  # the per-dataset table's column names
+    labels = variant_labels(params)  # the per-dataset tables' column names
+    columns = {scope: [labels[v] for v in reported_variants(params, scope)] for scope in (False, True)}
+    document = dvc_pipeline(snakemake_jobs(params_file, root), params_file, raw, params["reports_dir"], columns)
     return header(params_file) + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 

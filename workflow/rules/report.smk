@@ -8,10 +8,10 @@ def figure(root, name, category="Figures"):
     return report(f"{root}/figures/{name}.png", caption=f"../report/{name}.rst", category=category)
 
 
-def tables(root, *names):
-    """Each table as HTML (in the HTML report) and its CSV, Markdown and LaTeX siblings."""
+def tables(root, *names, category="Tables"):
+    """Each table as HTML (in the HTML report, under `category`) and its CSV, Markdown and LaTeX siblings."""
     return {key: value for name in names for key, value in (
-        (name, table(root, name)), (f"{name}_other", multiext(f"{root}/tables/{name}", ".csv", ".md", ".tex")))}
+        (name, table(root, name, category)), (f"{name}_other", multiext(f"{root}/tables/{name}", ".csv", ".md", ".tex")))}
 
 
 def figures(root, *names):
@@ -45,7 +45,7 @@ rule report:
     output:
         **tables(REPORTS, *COMPARISON["tables"]),
         **figures(REPORTS, *COMPARISON["figures"]),
-        **tables(REPORTS, "saliency_quality"),
+        **tables(REPORTS, "saliency_quality", category="Saliency"),
         **figures(REPORTS, "saliency_overlays"),
         saliency_methods=[report(f"{REPORTS}/figures/saliency_{m}.png", caption="../report/saliency_method.rst",
                                  category="Saliency") for m in SALIENCY_METHODS],
