@@ -8,8 +8,8 @@
 from snakemake.utils import min_version
 
 from ssame.cli import STAGES
-from ssame.config import (all_variants, job_resources, job_threads, load_params, stage_params, uses_pretrain,
-                          variant_mines, variant_uses_saliency)
+from ssame.config import (Paths, all_variants, job_resources, job_threads, load_params, stage_params,
+                          uses_pretrain, variant_mines, variant_uses_saliency)
 from ssame.logs import checked_level
 from ssame.tracking import close_parent_run, open_parent_run
 
@@ -24,6 +24,7 @@ P = load_params(PARAMS_FILE).to_dict()
 
 R = P["results_dir"]
 REPORTS = P["reports_dir"]
+SEED_SYSTEMS_REPORTS = Paths.from_params(P).report(seed_systems=True).as_posix()  # target seed_systems's report
 VARIANTS = P["train"]["variants"]  # target all; target seed_systems adds train.seed_systems
 SEED_SYSTEMS = P["train"]["seed_systems"]
 SEEDS = P["train"]["seeds"]

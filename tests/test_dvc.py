@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssame.config import RUN_ONLY_KEYS, all_variants, load_params
+from ssame.config import RUN_ONLY_KEYS, Paths, all_variants, load_params
 from ssame.dvc_yaml import Job, _command, dvc_pipeline, render, snakemake_jobs, stage_name
 
 
@@ -67,6 +67,22 @@ def test_one_stage_per_snakemake_job_with_its_command_files_and_own_params(repo)
     assert {"reports/seed_systems/tables/main.md": {"cache": False}} in stages["report_seed_systems"]["outs"]
 
 
+def test_report_rules_declare_what_the_report_module_writes(repo):
+    """The report rules' outputs (listed in workflow/rules/report.smk) are exactly ssame.report's files, per target."""
+    from ssame.report import output_files
+
+    params = load_params(repo / "params" / "default.yaml")
+    paths = Paths.from_params(params)
+    methods = [*params["saliency"]["quality"]["experts"], "fusion"]
+    per_method = [f"figures/saliency_{m}{x}" for m in methods for x in (".png", ".pdf")]
+    for job in snakemake_jobs("params/default.yaml", repo):
+        if job.rule.startswith("report"):
+            seed_systems = job.rule == "report_seed_systems"
+            root = paths.report(seed_systems)
+            declared = sorted(Path(path).relative_to(root).as_posix() for _, path in job.outputs)
+            assert declared == sorted(output_files(seed_systems) + ([] if seed_systems else per_method)), job.rule
+
+
 @pytest.mark.parametrize("profile", ["paper", "rehearsal"])
 def test_paper_profiles_generate_pipelines_dvc_loads(repo, tmp_path, profile):
     from dvc.repo import Repo
@@ -107,7 +123,7 @@ def test_a_new_seed_adds_stages_and_leaves_the_others_alone():
     data = Job("data", {}, [], [("manifest", "results/data/manifest.csv"), ("images", "results/data/images")], None,
                "ssame launch data", {"data": {}})
     raw = {"data": {}, "variants": {"v": {}}, "train": {"steps": 3}}
-    one = dvc_pipeline([data, train(0)], "p.yaml", raw, "reports", {False: ["v"], True: ["v"]})["stages"]
-    two = dvc_pipeline([data, train(0), train(1)], "p.yaml", raw, "reports", {False: ["v"], True: ["v"]})["stages"]
+    one = dvc_pipeline([data, train(0)], "p.yaml", raw, "reports", {})["stages"]
+    two = dvc_pipeline([data, train(0), train(1)], "p.yaml", raw, "reports", {})["stages"]
     assert two["train_variant-v_seed-0"] == one["train_variant-v_seed-0"]
     assert two["train_variant-v_seed-1"]["deps"][0] == "results/data"  # a file in a whole-stage folder: the folder

@@ -66,9 +66,9 @@ def snakemake_jobs(params_file: str, root: Path = Path()) -> list[Job]:
         workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1),
                                     config_settings=ConfigSettings(config={"params": params_file}),
                                     snakefile=root / "Snakefile", workdir=root)
-        workflow = workflow_api.dag(dag_settings=DAGSettings(forceall=True)).workflow_api._workflow
+        workflow = workflow_api._workflow  # parses the Snakefile once
         targets = {rule for rule in TARGETS if workflow.is_rule(rule)}
-        workflow = workflow_api.dag(dag_settings=DAGSettings(targets=targets, forceall=True)).workflow_api._workflow
+        workflow_api.dag(dag_settings=DAGSettings(targets=targets, forceall=True))  # sets the workflow's DAG settings
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         jobs = []
@@ -138,10 +138,10 @@ def _written(raw: dict[str, Any], dotted: str) -> bool:
 
 
 def dvc_pipeline(jobs: list[Job], params_file: str, raw_params: dict[str, Any], reports_dir: str,
-                 columns: dict[bool, list[str]]) -> dict[str, Any]:
+                 per_dataset: dict[str, tuple[str, list[str]]]) -> dict[str, Any]:
     """The dvc.yaml document for `jobs`. DVC reads params keys from the file as written (`raw_params`): a key
-    left to its schema default is covered by the code dep on src/ssame/config, which holds the schema. `columns`:
-    the per-dataset table's variant columns of target all's report (False) and target seed_systems's (True)."""
+    left to its schema default is covered by the code dep on src/ssame/config, which holds the schema.
+    `per_dataset`: plot name -> (a report's per-dataset table, its variant columns), plotted when a job writes it."""
     folders = {_folder(job.outputs): job.rule for job in jobs if job.rule in WHOLE_FOLDER}
     stages: dict[str, Any] = {}
     for job in jobs:
@@ -171,11 +171,8 @@ def dvc_pipeline(jobs: list[Job], params_file: str, raw_params: dict[str, Any], 
         stages[stage_name(job)] = stage
     document: dict[str, Any] = {"stages": stages}
     written = {path for job in jobs for _, path in job.outputs}
-    plots = []
-    for seed_systems, name in ((False, "per_dataset_hit_at_1"), (True, "per_dataset_hit_at_1_seed_systems")):
-        per_dataset = f"{Paths(Path(), Path(reports_dir)).report(seed_systems).as_posix()}/tables/per_dataset.csv"
-        if per_dataset in written:
-            plots.append({name: {"template": "simple", "x": "dataset", "y": {per_dataset: columns[seed_systems]}}})
+    plots = [{name: {"template": "simple", "x": "dataset", "y": {path: columns}}}
+             for name, (path, columns) in per_dataset.items() if path in written]
     if plots:
         document["plots"] = plots
     return document
@@ -192,9 +189,11 @@ def render(params_file: str, root: Path = Path()) -> str:
     """dvc.yaml's text for `params_file` (a path relative to `root`, the project holding the Snakefile)."""
     params = load_params(root / params_file)
     raw = yaml.safe_load((root / params_file).read_text())
-    labels = variant_labels(params)  # the per-dataset tables' column names
-    columns = {scope: [labels[v] for v in reported_variants(params, scope)] for scope in (False, True)}
-    document = dvc_pipeline(snakemake_jobs(params_file, root), params_file, raw, params["reports_dir"], columns)
+    labels, paths = variant_labels(params), Paths.from_params(params)  # labels: the per-dataset tables' columns
+    per_dataset = {name: ((paths.report(scope) / "tables" / "per_dataset.csv").as_posix(),
+                          [labels[v] for v in reported_variants(params, scope)])
+                   for name, scope in (("per_dataset_hit_at_1", False), ("per_dataset_hit_at_1_seed_systems", True))}
+    document = dvc_pipeline(snakemake_jobs(params_file, root), params_file, raw, params["reports_dir"], per_dataset)
     return header(params_file) + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 

@@ -11,7 +11,8 @@ def figure(root, name, category="Figures"):
 def tables(root, *names, category="Tables"):
     """Each table as HTML (in the HTML report, under `category`) and its CSV, Markdown and LaTeX siblings."""
     return {key: value for name in names for key, value in (
-        (name, table(root, name, category)), (f"{name}_other", multiext(f"{root}/tables/{name}", ".csv", ".md", ".tex")))}
+        (name, table(root, name, category)),
+        (f"{name}_other", multiext(f"{root}/tables/{name}", ".csv", ".md", ".tex")))}
 
 
 def figures(root, *names):
@@ -20,10 +21,12 @@ def figures(root, *names):
         (name, figure(root, name)), (f"{name}_pdf", f"{root}/figures/{name}.pdf"))}
 
 
+# What ssame.report writes (TABLES, FIGURES; tests/test_dvc.py compares these outputs with its output_files); the
+# report module itself is not imported here, it pulls in pandas and matplotlib on every parse of the Snakefile.
 COMPARISON = {"tables": ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published",
                          "interpretability"],
               "figures": ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars",
-                          "attention_grid"]}  # ssame.report.TABLES and FIGURES
+                          "attention_grid"]}
 SALIENCY_METHODS = [*P["saliency"]["quality"]["experts"], "fusion"]
 
 
@@ -71,8 +74,8 @@ use rule report as report_seed_systems with:
     input:
         **report_inputs(VARIANTS + SEED_SYSTEMS),
     output:
-        **tables(f"{REPORTS}/seed_systems", *COMPARISON["tables"]),
-        **figures(f"{REPORTS}/seed_systems", *COMPARISON["figures"]),
+        **tables(SEED_SYSTEMS_REPORTS, *COMPARISON["tables"]),
+        **figures(SEED_SYSTEMS_REPORTS, *COMPARISON["figures"]),
     params:
         depends=stage_params(P, "report_seed_systems"),
         scope=" --seed-systems",

@@ -338,10 +338,9 @@ def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = Non
                 *(["mine"] if variant_mines(params["variants"][variant]) else []), f"variants.{variant}",
                 *(f"train.{key}" for key in params["train"] if key not in RUN_ONLY_KEYS)]
     else:
-        keys = {"pretrain": ["pretrain", "model"], "mine": ["mine"],
-                "report": ["model", "variants", "train.variants", "train.seeds", "evaluate"],
-                "report_seed_systems": ["model", "variants", "train.variants", "train.seed_systems", "train.seeds",
-                                        "evaluate"]}.get(rule, [rule])
+        report = ["model", "variants", "train.variants", "train.seeds", "evaluate"]
+        keys = {"pretrain": ["pretrain", "model"], "mine": ["mine"], "report": report,
+                "report_seed_systems": [*report, "train.seed_systems"]}.get(rule, [rule])
     return {key: _lookup(params, key) for key in keys}
 
 

@@ -35,9 +35,10 @@ from ssame.report.tables import (
     write_table,
 )
 
-SALIENCY_TABLES = ["saliency_quality"]  # the saliency stage's own: under target `all` only
-SALIENCY_FIGURES = ["saliency_overlays"]  # plus figures/saliency_<method>.{png,pdf}, one per params
-                                          # saliency.quality.experts and "fusion"
+# The saliency stage's own tables and figures, under target `all` only; plus figures/saliency_<method>.{png,pdf}, one
+# per method of params saliency.quality.experts and "fusion".
+SALIENCY_TABLES = ["saliency_quality"]
+SALIENCY_FIGURES = ["saliency_overlays"]
 TABLES = ["main", "ablation", "ablation_delta", "per_dataset", "ci", "significance", "published", "interpretability"]
 FIGURES = ["metatask_bars", "training_curves", "per_dataset_heatmap", "ablation_bars", "attention_grid"]
 TABLE_FORMATS = (".csv", ".md", ".tex", ".html")
