@@ -1,4 +1,4 @@
-# SSA-ME reproduction: params -> data -> (pretrain) -> saliency -> train -> evaluate -> report.
+# SSA-ME reproduction: params -> data -> (pretrain) -> (features) -> saliency -> train -> evaluate -> report.
 #   snakemake --cores all                                        (embedded offline default: SSA-ME and its ablations)
 #   snakemake --cores all seed_systems                           (+ UniME-V2 and MIRe, reports/seed_systems/)
 #   snakemake --cores all --config params=params/paper.yaml       (paper profile)
@@ -9,7 +9,7 @@ from snakemake.utils import min_version
 
 from ssame.cli import STAGES
 from ssame.config import (Paths, all_variants, job_resources, job_threads, load_params, stage_params,
-                          uses_pretrain, variant_mines, variant_uses_saliency)
+                          uses_image_features, uses_pretrain, variant_mines, variant_uses_saliency)
 from ssame.logs import checked_level
 from ssame.tracking import close_parent_run, open_parent_run
 
@@ -49,6 +49,11 @@ def pretrained_if_used(wildcards):
     return rules.pretrain.output.model if uses_pretrain(P) else []
 
 
+def features_if_used(wildcards):
+    """The frozen vision tower's image features that train, mine and evaluate jobs read, or [] (pixels)."""
+    return rules.features.output.record if uses_image_features(P) else []
+
+
 def mined_if_used(wildcards):
     """The seed's mined negatives for variants that train on them (UniME-V2), else []."""
     return rules.mine.output.negatives if variant_mines(P["variants"][wildcards.variant]) else []
@@ -64,6 +69,8 @@ if P["mirror"]:
 include: "workflow/rules/data.smk"
 if uses_pretrain(P):
     include: "workflow/rules/pretrain.smk"
+if uses_image_features(P):
+    include: "workflow/rules/features.smk"
 include: "workflow/rules/saliency.smk"
 if any(variant_mines(P["variants"][v]) for v in all_variants(P)):
     include: "workflow/rules/mine.smk"

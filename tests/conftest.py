@@ -66,9 +66,9 @@ def image_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_built(tmp_path_factory, default_params) -> dict:
-    """Params of a very small MMEB-mini whose data, pretrain and saliency stages have run (shared; deep-copy to
-    modify)."""
-    from ssame import data, pretrain, saliency
+    """Params of a very small MMEB-mini whose data, pretrain, features and saliency stages have run (shared;
+    deep-copy to modify)."""
+    from ssame import data, features, pretrain, saliency
 
     params = copy.deepcopy(default_params)
     root = tmp_path_factory.mktemp("small")
@@ -80,5 +80,6 @@ def small_built(tmp_path_factory, default_params) -> dict:
     params["pretrain"].update(steps=2, scenes=4, batch_size=4, warmup_steps=1, probe_scenes=2)
     data.build(params)
     pretrain.build(params)
+    features.build(params)
     saliency.build(params)
     return params

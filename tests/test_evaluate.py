@@ -238,7 +238,7 @@ def subset(trained, tmp_path) -> dict:
     """A copy of the trained run's data, saliency and model with a manifest of `SUBSET` only (free to corrupt)."""
     params = copy.deepcopy(trained)
     src, dst = Paths.from_params(trained).results, tmp_path / "results"
-    for part in ("data", "saliency", "train"):
+    for part in ("data", "saliency", "features", "train"):
         shutil.copytree(src / part, dst / part)
     params["results_dir"] = str(dst)
     manifest = io.read_manifest(dst / "data")
@@ -337,6 +337,7 @@ def test_drop_unreadable_drops_and_reports_the_rows(subset):
 
 
 def test_an_image_that_fails_to_decode_names_dataset_row_and_column(subset):
+    subset["model"]["image_features"] = "pixels"  # with cached features the stage reads images (test_features.py)
     data_dir = Paths.from_params(subset).data
     frame = io.read_eval(data_dir, "MiniAttrVQA")
     path = frame["qry_img_path"][2]

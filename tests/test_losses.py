@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +52,82 @@ def test_attention_kl_rejects_mismatch():
 
     with pytest.raises(ValueError, match="one saliency map per attention"):
         saliency_attention_kl([torch.ones(3)], [])
+
+
+def _reference_kl(attention, saliency, eps=1e-6, reduction="mean"):
+    """The per-image loop saliency_attention_kl replaced."""
+    terms = []
+    for attn, sal in zip(attention, saliency, strict=True):
+        p = attn / attn.sum().clamp_min(eps)
+        q = sal.to(attn) / sal.sum().clamp_min(eps)
+        terms.append((q * ((q + eps).log() - (p + eps).log())).sum())
+    stacked = torch.stack(terms)
+    return stacked.sum() if reduction == "sum" else stacked.mean()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_attention_kl_matches_the_per_image_loop(reduction, dtype):
+    """Values and gradients of the vectorised loss equal the loop's, over variable lengths (an empty vector, a
+    length-1 one, zero-sum attention and saliency, saliency in float16 as the store's maps)."""
+    torch.manual_seed(0)
+    lengths = [16, 1, 7, 0, 25, 16, 3, 16]
+    logits = [torch.randn(n, dtype=dtype) for n in lengths]
+    saliency = [torch.rand(n).to(torch.float16) for n in lengths]
+    saliency[2] = torch.zeros(7, dtype=torch.float16)
+    saliency[5][:8] = 0
+    results = []
+    for fn in (saliency_attention_kl, _reference_kl):
+        leaves = [x.clone().requires_grad_(True) for x in logits]
+        attention = [x.softmax(0) for x in leaves]
+        attention[6] = leaves[6] * 0  # attention that sums to zero (clamped by eps)
+        loss = fn(attention, saliency, reduction=reduction)
+        loss.backward()
+        results.append((loss, [x.grad for x in leaves]))
+    (loss, grads), (ref, ref_grads) = results
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    assert loss.dtype == dtype and loss.shape == () and torch.allclose(loss, ref, **tol)
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(grad, ref_grad, **tol)
+
+
+def test_attention_kl_in_bfloat16_sums_like_the_loop():
+    """bfloat16 attention over long vectors: the per-image sums accumulate in float32, as torch.sum does (an
+    index_add in bfloat16 rounds every addition and is off by ~40% here)."""
+    torch.manual_seed(0)
+    lengths = [1024, 400, 256, 16]
+    logits, saliency = [torch.randn(n) for n in lengths], [torch.rand(n) for n in lengths]
+    results = []
+    for fn in (saliency_attention_kl, _reference_kl):
+        leaves = [x.to(torch.bfloat16).requires_grad_(True) for x in logits]
+        loss = fn([x.softmax(0) for x in leaves], saliency, reduction="sum")
+        loss.backward()
+        results.append((loss, [x.grad.float() for x in leaves]))
+    (loss, grads), (ref, ref_grads) = results
+    assert loss.dtype == torch.bfloat16 and torch.allclose(loss.float(), ref.float(), rtol=1e-2)
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        assert (grad - ref_grad).abs().sum() <= 0.02 * ref_grad.abs().sum()
+
+
+def test_attention_kl_flattens_a_saliency_grid():
+    torch.manual_seed(0)
+    attention, grids = [torch.rand(12), torch.rand(6)], [torch.rand(3, 4), torch.rand(2, 3)]
+    expected = _reference_kl(attention, [g.ravel() for g in grids])
+    assert torch.allclose(saliency_attention_kl(attention, grids), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sal_len", [1, 15, 17])
+def test_attention_kl_rejects_a_vector_length_mismatch(sal_len):
+    """A length-1 saliency vector is not broadcast over the attention vector: the image is named."""
+    attention, saliency = [torch.rand(16), torch.rand(16)], [torch.rand(16), torch.rand(sal_len)]
+    with pytest.raises(ValueError, match=f"attention vector 1 has 16 visual tokens but its saliency map has "
+                                         f"{sal_len} values"):
+        saliency_attention_kl(attention, saliency)
+
+
+def test_attention_kl_rejects_empty_input():
+    with pytest.raises(ValueError, match="one saliency map per attention"):
+        saliency_attention_kl([], [])
 
 
 def test_hard_negatives_join_every_row_and_copies_of_the_positive_are_masked():

@@ -132,12 +132,15 @@ def test_probe_can_be_switched_off(pretrained, tmp_path, caplog):
 def test_fine_tuning_starts_from_the_pretrained_folder(pretrained):
     from accelerate import Accelerator
 
-    from ssame.train.recipe import build_trainer, pretrained_backbone
+    from ssame import features
+    from ssame.config import pretrained_backbone
+    from ssame.train.recipe import build_trainer
 
     params, _ = pretrained
     folder = pretrained_backbone(params)
     assert folder == Paths.from_params(params).pretrain / "model"
     saved, *_ = load_backbone(params, Paths.from_params(params).data, folder)
+    features.build(params)  # from the pretrained tower: build_trainer checks its digest against the one it loads
     embedder, *_ = build_trainer(params, "baseline", Accelerator(cpu=True))
     for name, tensor in saved.state_dict().items():
         torch.testing.assert_close(embedder.qwen.state_dict()[name], tensor, rtol=0, atol=0, msg=name)

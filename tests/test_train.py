@@ -73,6 +73,7 @@ def test_baseline_has_no_saliency_terms_and_seeds_differ(small):
 
 
 def test_lora_trains_adapters_and_saves_a_merged_backbone(small):
+    small["model"]["image_features"] = "pixels"  # the tower is trained below (cached features need it frozen)
     small["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     train(small, "baseline", 0)
     weights = _weights(small, "baseline")

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ssame.config import ParamsError, Paths, load_params
+from ssame.config import ParamsError, Paths, load_params, pretrained_backbone, uses_image_features
 from ssame.logs import LEVELS, setup
 
 STAGES: dict[str, str] = {
     "mirror": "rehearsal only: write a local stand-in for the hub (MMEB repos and tiny models) under mirror.dir",
     "data": "build the benchmark (MMEB-mini, or MMEB from the hub) and the offline tokenizer",
     "pretrain": "tiny backbone only: next-token pretraining on scene captions and answers, before fine-tuning",
+    "features": "model.image_features cached: the frozen vision tower's features of every benchmark image, once",
     "saliency": "saliency maps for every image and subject phrases for every text",
     "mine": "UniME-V2: judged hard negatives of every training query for one seed, mined with its miner's model",
     "train": "train one (variant, seed); run it under `accelerate launch -m ssame train ...`",
@@ -36,6 +37,8 @@ def _run(stage: str, params: dict[str, Any], args: argparse.Namespace) -> None:
 
         build(params)
         return
+    elif stage == "features":
+        from ssame.features import build
     elif stage == "saliency":
         from ssame.saliency import build
     elif stage == "report":
@@ -69,13 +72,11 @@ def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: di
 
     paths = Paths.from_params(params)
     seed = int((wildcards or {}).get("seed", 0))
-    inputs = {"saliency": {"data_manifest": paths.data / "manifest.csv"},
-              "mine": {"data_manifest": paths.data / "manifest.csv"}}.get(stage, {})
-    if stage == "mine":
-        inputs["miner_model"] = paths.model(params["mine"]["miner"], seed)
     name = "/".join([stage, *(f"seed{v}" if k == "seed" else v for k, v in (wildcards or {}).items())])
-    with mlflow_run(params, name, job_tags(params, stage, wildcards, inputs=inputs)) as mlflow:
-        build(params)
+    with mlflow_run(params, name, job_tags(params, stage, wildcards, inputs=_inputs(stage, params, seed))) as mlflow:
+        figures = build(params)
+        if isinstance(figures, dict):
+            mlflow.log_metrics({k: float(v) for k, v in figures.items() if isinstance(v, int | float)})
         summaries = {"data": [paths.data / n for n in ("manifest.csv", "eval_checks.json", "unreadable.json")],
                      "saliency": [paths.saliency / n for n in ("manifest.json", "quality.csv")],
                      "mine": [paths.mine(seed) / "stats.json"]}.get(stage, [])
@@ -83,6 +84,19 @@ def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: di
             mlflow.log_artifact(str(path))
         for folder in ("tables", "figures") if reports else ():
             mlflow.log_artifacts(str(reports / folder), artifact_path=folder)
+
+
+def _inputs(stage: str, params: Any, seed: int) -> dict[str, Path]:
+    """The files a whole-stage job reads, by name, for its run's input digests (train and evaluate list their own)."""
+    paths = Paths.from_params(params)
+    inputs = {"data_manifest": paths.data / "manifest.csv"} if stage in ("features", "saliency", "mine") else {}
+    if stage == "features" and (pretrained := pretrained_backbone(params)):
+        inputs["pretrained"] = pretrained
+    if stage == "mine":
+        inputs["miner_model"] = paths.model(params["mine"]["miner"], seed)
+        if uses_image_features(params):
+            inputs["image_features"] = paths.features
+    return inputs
 
 
 def _check_run(params: dict[str, Any], args: argparse.Namespace) -> None:

@@ -27,16 +27,18 @@ CODE = {
     "mirror": ["src/ssame/rehearsal"],
     "data": ["src/ssame/data"],
     "pretrain": ["src/ssame/pretrain", "src/ssame/model"],
+    "features": ["src/ssame/features", "src/ssame/model"],
     "saliency": ["src/ssame/saliency"],
-    "mine": ["src/ssame/mine", "src/ssame/model", "src/ssame/evaluate/encode.py"],
-    "train": ["src/ssame/train", "src/ssame/model", "src/ssame/losses.py", "src/ssame/mine/negatives.py"],
-    "evaluate": ["src/ssame/evaluate", "src/ssame/model"],
+    "mine": ["src/ssame/mine", "src/ssame/model", "src/ssame/evaluate/encode.py", "src/ssame/features/store.py"],
+    "train": ["src/ssame/train", "src/ssame/model", "src/ssame/losses.py", "src/ssame/mine/negatives.py",
+              "src/ssame/features/store.py"],
+    "evaluate": ["src/ssame/evaluate", "src/ssame/model", "src/ssame/features/store.py"],
     "report": ["src/ssame/report"],
     "report_seed_systems": ["src/ssame/report"],
 }
 STAGE_OF_RULE = {"report_seed_systems": "report"}  # rules that run a stage under another name
 TARGETS = ("all", "seed_systems")  # the Snakefile's targets (seed_systems only when params name seed systems)
-WHOLE_FOLDER = ("mirror", "data", "pretrain", "saliency")  # jobs that write one folder of their own
+WHOLE_FOLDER = ("mirror", "data", "pretrain", "features", "saliency")  # jobs that write one folder of their own
 PERSIST = ("saliency",)  # its shard cache: the stage reuses every shard whose fingerprint still matches
 METRICS = {("train", "metrics"), ("evaluate", "aggregate")}  # (rule, output name)
 PLOTS = {("train", "history"): {"x": "step", "y": "loss"}}

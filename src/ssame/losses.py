@@ -79,19 +79,37 @@ def saliency_pool(hidden: torch.Tensor, saliency: torch.Tensor, eps: float = 1e-
     return weights @ hidden
 
 
+def _segment_sums(x: torch.Tensor, ids: torch.Tensor, count: int) -> torch.Tensor:
+    """Per-segment sums (count,) of a flat `x` whose element i belongs to segment ids[i], in x's dtype; accumulated in
+    at least float32 (as torch.sum does), since index_add in half precision would round every addition."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    return x.new_zeros(count, dtype=wide).index_add(0, ids, x.to(wide)).to(x.dtype)
+
+
 def saliency_attention_kl(attention: list[torch.Tensor], saliency: list[torch.Tensor],
                           eps: float = 1e-6, reduction: str = "mean") -> torch.Tensor:
     """KL(q || p) per image, q = saliency over visual tokens, p = the pooled token's attention on them, renormalised;
-    averaged (`mean`) or summed (`sum`, for callers that normalise by a global count)."""
+    averaged (`mean`) or summed (`sum`, for callers that normalise by a global count). Image i's attention and
+    saliency must hold as many values (a saliency grid is flattened).
+
+    Vectorised: the images' vectors are concatenated and summed per image with index_add, a fixed handful of ops
+    whatever the number of images; dtypes follow the per-image form (sums in each input's dtype, q and p in the
+    attention's)."""
     if len(attention) != len(saliency) or not attention:
         raise ValueError(f"need one saliency map per attention vector, got {len(saliency)} and {len(attention)}")
-    terms = []
-    for attn, sal in zip(attention, saliency, strict=True):
-        p = attn / attn.sum().clamp_min(eps)
-        q = sal.to(attn) / sal.sum().clamp_min(eps)
-        terms.append((q * ((q + eps).log() - (p + eps).log())).sum())
-    stacked = torch.stack(terms)
-    return stacked.sum() if reduction == "sum" else stacked.mean()
+    lengths = [a.numel() for a in attention]
+    for i, (n, sal) in enumerate(zip(lengths, saliency, strict=True)):
+        if sal.numel() != n:
+            raise ValueError(f"attention vector {i} has {n} visual tokens but its saliency map has {sal.numel()} "
+                             "values")
+    attn = torch.cat([a if a.dim() == 1 else a.reshape(-1) for a in attention])
+    sal = torch.cat([s if s.dim() == 1 else s.reshape(-1) for s in saliency]).to(attn.device)
+    count = len(lengths)
+    ids = torch.repeat_interleave(torch.arange(count), torch.tensor(lengths)).to(attn.device)
+    p = attn / _segment_sums(attn, ids, count).clamp_min(eps)[ids]
+    q = sal.to(attn) / _segment_sums(sal, ids, count).clamp_min(eps).to(attn)[ids]
+    terms = _segment_sums(q * ((q + eps).log() - (p + eps).log()), ids, count)
+    return terms.sum() if reduction == "sum" else terms.mean()
 
 
 def soft_label_symmetric_kl(query: torch.Tensor, candidates: torch.Tensor, judge: torch.Tensor,

@@ -5,6 +5,7 @@ rule evaluate:
         unreadable=rules.data.output.unreadable,
         eval_checks=rules.data.output.eval_checks,
         saliency=saliency_if_used,
+        features=features_if_used,
     output:
         aggregate=f"{R}/eval/{{variant}}/seed{{seed}}/aggregate.json",
         attention=f"{R}/eval/{{variant}}/seed{{seed}}/attention.json",

@@ -4,6 +4,7 @@ rule mine:
     input:
         model=f"{R}/train/{P['mine']['miner']}/seed{{seed}}/model",
         data=rules.data.output.manifest,
+        features=features_if_used,
     output:
         negatives=f"{R}/mine/seed{{seed}}/negatives.parquet",
         stats=f"{R}/mine/seed{{seed}}/stats.json",

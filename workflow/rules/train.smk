@@ -6,6 +6,7 @@ rule train:
         pretrained=pretrained_if_used,
         saliency=saliency_if_used,
         negatives=mined_if_used,
+        features=features_if_used,
     output:
         model=directory(f"{R}/train/{{variant}}/seed{{seed}}/model"),
         metrics=f"{R}/train/{{variant}}/seed{{seed}}/metrics.json",

@@ -220,6 +220,10 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
                           "each seed mines that seed's negatives)")
     if mined and params["variants"][params["mine"]["miner"]]["mined_negatives"] != "none":
         raise ParamsError(f"{source}: mine.miner '{params['mine']['miner']}' cannot itself train on mined negatives")
+    if params["model"]["image_features"] == "cached" and not train["freeze_vision"]:
+        raise ParamsError(f"{source}: model.image_features 'cached' computes each image's features once with the "
+                          "tower training starts from, so that tower must stay frozen: set train.freeze_vision: true "
+                          "or model.image_features: pixels")
     if params["model"]["lora"] and not train["freeze_vision"]:
         raise ParamsError(f"{source}: model.lora adapts the language model only and leaves the vision tower frozen; "
                           "set train.freeze_vision: true to say so")
@@ -300,6 +304,16 @@ def uses_pretrain(params: Mapping[str, Any]) -> bool:
     return params["model"]["backbone"] == "tiny" and params["pretrain"]["steps"] > 0
 
 
+def pretrained_backbone(params: Mapping[str, Any]) -> Path | None:
+    """The pretrain stage's model folder when the params pretrain the tiny backbone, else None (random init or hub)."""
+    return Paths.from_params(params).pretrain / "model" if uses_pretrain(params) else None
+
+
+def uses_image_features(params: Mapping[str, Any]) -> bool:
+    """Whether the workflow runs the features stage and its train, mine and evaluate jobs read image features."""
+    return params["model"]["image_features"] == "cached"
+
+
 def launch_processes(accelerate_config: str | Path) -> int:
     """Processes per node that `accelerate launch --config_file accelerate_config` starts (a job's CPU share)."""
     path = Path(accelerate_config)
@@ -339,7 +353,8 @@ def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = Non
                 *(f"train.{key}" for key in params["train"] if key not in RUN_ONLY_KEYS)]
     else:
         report = ["model", "variants", "train.variants", "train.seeds", "evaluate"]
-        keys = {"pretrain": ["pretrain", "model"], "mine": ["mine"], "report": report,
+        pretrain = ["pretrain"] if uses_pretrain(params) else []
+        keys = {"pretrain": ["pretrain", "model"], "features": ["model", *pretrain], "mine": ["mine"], "report": report,
                 "report_seed_systems": [*report, "train.seed_systems"]}.get(rule, [rule])
     return {key: _lookup(params, key) for key in keys}
 
@@ -421,6 +436,11 @@ class Paths:
     @property
     def pretrain(self) -> Path:
         return self.results / "pretrain"
+
+    @property
+    def features(self) -> Path:
+        """The frozen vision tower's features of every benchmark image (the features stage)."""
+        return self.results / "features"
 
     @property
     def saliency(self) -> Path:

@@ -39,6 +39,7 @@ from ssame.evaluate.encode import Encoded, Key, encode
 from ssame.evaluate.interpret import FIGURES, load_mask
 from ssame.evaluate.metrics import rank_candidates, ranking_metrics
 from ssame.evaluate.stats import bootstrap_aggregates
+from ssame.features.store import features_for
 from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder
 from ssame.model.backbone import pixel_budget, square_side
@@ -85,8 +86,10 @@ class DatasetEvaluator:
         check_processor(image_processor, pixel_budget(model), model_dir)
         self.embedder.to(self.state.device).eval()
         self.store = SaliencyStore(self.paths.saliency) if self.embedder.uses_saliency else None
+        self.features = features_for(params, self.embedder)
         self.build = InputBuilder(tokenizer, image_processor, image_root(self.paths.data),
-                                  params["evaluate"]["max_text_tokens"], image_side=square_side(model))
+                                  params["evaluate"]["max_text_tokens"], image_side=square_side(model),
+                                  features=self.features)
         self.cache_dir = self.paths.results / "cache" / "eval" / self.paths.run(variant, seed)
         self.settings = {"max_text_tokens": params["evaluate"]["max_text_tokens"],
                          "attn_implementation": model["attn_implementation"], "mrope": model["mrope"],
@@ -95,7 +98,8 @@ class DatasetEvaluator:
         self.checks = read_eval_checks(self.paths.data)
         self.samples = params["evaluate"]["attention_maps"]
         self.maps: dict[str, list[dict[str, Any]]] = {}
-        self.model_files = [model_dir, *([self.paths.saliency] if self.store else [])]
+        self.model_files = [model_dir, *([self.paths.saliency] if self.store else []),
+                            *([self.paths.features] if self.features else [])]
         self._masks: dict[str, np.ndarray | None] = {}
 
     def mask(self, image_path: str) -> np.ndarray | None:
@@ -207,7 +211,8 @@ def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
     manifest = manifest[manifest["num_queries"] > 0]
     run = None
     if state.is_main_process:
-        inputs = {"model": paths.model(variant, seed), "data_manifest": paths.data / "manifest.csv"}
+        inputs = {"model": paths.model(variant, seed), "data_manifest": paths.data / "manifest.csv",
+                  **({"image_features": paths.features} if evaluator.features else {})}
         tags = job_tags(params, "evaluate", {"variant": variant, "seed": str(seed)}, inputs)
         run = mlflow_run(params, f"evaluate/{variant}/seed{seed}", tags)
     with run or contextlib.nullcontext() as mlflow:
@@ -226,6 +231,9 @@ def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
                 speed = {"inputs_per_second": record["forward_passes"] / seconds} if seconds else {}
                 mlflow.log_metrics({f"{k}.{row.dataset}": v for k, v in (record | speed).items()
                                     if isinstance(v, float)})
+        if evaluator.features is not None:
+            log.info("image features: %d batches read from %s, %d sent through the tower (in this process)",
+                     evaluator.features.hits, evaluator.features.folder, evaluator.features.misses)
         boot = params["evaluate"]["bootstrap"]
         scores = {name: rec["hit_at_1"] for name, rec in records.items()}
         summary = {"variant": variant, "seed": seed, **aggregate(scores, manifest), "per_dataset": scores,

@@ -47,6 +47,7 @@ class _Miner:
     """The miner model and its input builder (as evaluation loads a model folder)."""
 
     def __init__(self, params: Mapping[str, Any], seed: int):
+        from ssame.features.store import features_for
         from ssame.model import Embedder, InputBuilder
         from ssame.model.backbone import square_side
         from ssame.saliency.store import SaliencyStore
@@ -58,7 +59,7 @@ class _Miner:
         self.embedder.to(self.state.device).eval()
         self.store = SaliencyStore(paths.saliency) if self.embedder.uses_saliency else None
         self.build = InputBuilder(tokenizer, processor, image_root(paths.data), params["evaluate"]["max_text_tokens"],
-                                  image_side=square_side(model))
+                                  image_side=square_side(model), features=features_for(params, self.embedder))
         self.batch_size = params["evaluate"]["batch_size"]
 
 

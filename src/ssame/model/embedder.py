@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -106,16 +107,18 @@ class Embedder(nn.Module):
         inputs = batch.inputs
         core = self.qwen.model
         embeds = core.get_input_embeddings()(inputs["input_ids"])
-        if "pixel_values" in inputs:
-            feats = core.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        if "image_grid_thw" in inputs:
+            feats = self._image_features(inputs)
+            sizes = [len(f) for f in feats]
+            feats = torch.cat(feats)
             if self.regen is not None:
                 if batch.saliency is None:
                     raise ValueError("feature regeneration needs saliency maps for every image of the batch")
-                feats = tuple(self.regen(f, torch.as_tensor(s.ravel(), device=f.device))
-                              for f, s in zip(feats, batch.saliency, strict=True))
+                saliency = torch.as_tensor(np.concatenate([s.ravel() for s in batch.saliency]), device=feats.device)
+                feats = self.regen(feats, saliency, sizes)
             # image features go to the image tokens of `mm_token_type_ids` (a literal <|image_pad|> stays text)
             visual = inputs["mm_token_type_ids"].bool().unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(visual, torch.cat(feats).to(embeds.device, embeds.dtype))
+            embeds = embeds.masked_scatter(visual, feats.to(embeds.device, embeds.dtype))
         mask = inputs["attention_mask"]
         if self.variant["fusion"] == "isolated":
             mask = isolated_visual_mask(mask, inputs["mm_token_type_ids"].bool(), embeds.dtype)
@@ -127,6 +130,15 @@ class Embedder(nn.Module):
         is_visual = inputs["mm_token_type_ids"].bool()
         hidden = [out.last_hidden_state[r][is_visual[r]] for r in batch.image_rows] if with_hidden else []
         return EmbedOutput(embeddings, attention, hidden)
+
+    def _image_features(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Each image's merged visual tokens: the features stage's (`image_features`, from InputBuilder) or the
+        tower's own (`pixel_values`)."""
+        core = self.qwen.model
+        if "image_features" in inputs:
+            sizes = (inputs["image_grid_thw"].prod(-1) // core.visual.spatial_merge_size**2).tolist()
+            return torch.split(inputs["image_features"], sizes)
+        return core.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
 
     def _visual_attention(self, attentions, batch: EncodedBatch) -> list[torch.Tensor]:
         """Last-token attention over each image's visual tokens, averaged over heads and the chosen layers."""

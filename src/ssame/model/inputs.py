@@ -89,16 +89,19 @@ class InputBuilder:
     """Tokenise text with its image placeholder expanded in place and preprocess the images of a batch."""
 
     def __init__(self, tokenizer, image_processor, image_root: Path, max_text_tokens: int | None,
-                 image_side: int | None = None):
+                 image_side: int | None = None, features=None):
         """`max_text_tokens`: text tokens kept per input, image tokens never cut (None: no truncation);
         `image_side`: resize every image to image_side x image_side first, as VLM2Vec does (None: the processor's
-        pixel budget alone; `ssame.model.backbone.square_side` gives it from params)."""
+        pixel budget alone; `ssame.model.backbone.square_side` gives it from params); `features`: a
+        `ssame.features.store.FeatureStore` whose `image_features` replace the pixels of a batch whose every image it
+        holds (the embedder then skips the tower)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_root = image_root
         self.max_text_tokens = max_text_tokens
         self.merge = image_processor.merge_size
         self.image_side = image_side
+        self.features = features
         if image_side is not None:
             check_square(image_processor, image_side)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -118,7 +121,7 @@ class InputBuilder:
         except Exception as err:  # whatever PIL raises (OSError, SyntaxError, DecompressionBombError, ...)
             raise ImageDecodeError(rel, f"unreadable or corrupt image: {path}: {type(err).__name__}: {err}") from err
 
-    def _preprocess(self, paths: list[str | Image.Image]) -> dict[str, torch.Tensor]:
+    def preprocess(self, paths: list[str | Image.Image]) -> dict[str, torch.Tensor]:
         """`pixel_values` (patches of all images, concatenated) and `image_grid_thw`. Not cached: one image is
         43 MB of patches at the paper's resolution, and a default run revisits 9 % of its images (docs/training.md)."""
         return pixel_patches(self.image_processor, [self._load(p) for p in paths])
@@ -151,7 +154,8 @@ class InputBuilder:
         grids: list[tuple[int, int]] = []
         vision: dict[str, torch.Tensor] = {}
         if image_paths:
-            vision = self._preprocess(image_paths)
+            cached = self.features.inputs(image_paths) if self.features is not None else None
+            vision = cached if cached is not None else self.preprocess(image_paths)
             grids = [(int(h) // self.merge, int(w) // self.merge) for _, h, w in vision["image_grid_thw"].tolist()]
         pieces = self.tokenizer([p for b, a, _ in parts for p in (b, a)], add_special_tokens=False)["input_ids"]
         pad_counts, sequences = iter(h * w for h, w in grids), []

@@ -20,11 +20,16 @@ class FeatureRegenerator(nn.Module):
         self.delta = nn.Parameter(torch.zeros(hidden_size))
         self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
 
-    def forward(self, tokens: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
-        """tokens (n, d), saliency (n,) >= 0 -> regenerated tokens (n, d)."""
+    def forward(self, tokens: torch.Tensor, saliency: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+        """tokens (n, d), saliency (n,) >= 0 -> regenerated tokens (n, d). `sizes`: the tokens of each image when
+        several images' tokens are concatenated (each is rescaled by its own peak); None: one image."""
         if saliency.shape != tokens.shape[:1]:
             raise ValueError(f"saliency has {tuple(saliency.shape)} values for {tokens.shape[0]} visual tokens")
+        lengths = torch.tensor(sizes if sizes is not None else [len(tokens)], device=saliency.device)
+        if int(lengths.sum()) != len(tokens):
+            raise ValueError(f"image sizes {sizes} do not add up to the {len(tokens)} visual tokens")
+        peak = torch.segment_reduce(saliency, "max", lengths=lengths).clamp_min(1e-6)
         x = tokens.to(self.gamma.dtype)  # fp32 master weights under a bf16 backbone: compute here, cast back
-        s = (saliency / saliency.max().clamp_min(1e-6)).to(x.dtype)[:, None]
+        s = (saliency / peak.repeat_interleave(lengths)).to(x.dtype)[:, None]
         gain = 1 + torch.tanh(self.gamma) * (2 * s - 1)
         return (x * gain + torch.tanh(self.delta) * s * self.mlp(x)).to(tokens.dtype)

@@ -10,14 +10,18 @@ S = params `saliency.map_size`, image paths relative to the data stage's image r
 a shard folder is complete or absent) records S and the counts. `<dataset>.subjects.jsonl` beside the folder lists
 every pair's subject phrases for people; `manifest.json` indexes the shards.
 
-`SaliencyStore` memory-maps the hashes and key offsets, searches them with np.searchsorted and reads the one key
-and map a lookup needs with os.pread, so a process holds no map it has not asked for, whatever the dataset size
-(memory-mapped reads would map each map's neighbours too and, over a run, whole shards into every process's RSS).
-It resizes a map to the backbone's merged visual-token grid on demand, the form training consumes.
+`SaliencyStore` memory-maps the hashes and key offsets and reads the one key and map a lookup needs with os.pread,
+so a process holds no map it has not asked for, whatever the dataset size (memory-mapped reads would map each map's
+neighbours too and, over a run, whole shards into every process's RSS). On the first lookup in a table kind (images
+or pairs) it merges every shard's sorted hashes into one sorted uint64 array with each key's position (shard, row)
+beside it, 16 bytes a key in memory (16 MB for 1M keys) and no map, so a lookup is one np.searchsorted whatever the
+number of shards; a hit is confirmed by comparing the key's bytes (64-bit hashes may collide). It resizes a map to
+the backbone's merged visual-token grid on demand, the form training consumes.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -180,15 +184,10 @@ class _Table:
             raise ShardError(f"{self._path(field)}: cannot read bytes {start}:{stop} (truncated, or corrupt offsets)")
         return data
 
-    def find(self, key: bytes, digest: np.uint64) -> int | None:
-        """Row of `key`, or None."""
-        hashes, offsets = self.files["searched"]["hash"], self.files["searched"]["key_offsets"]
-        row = int(np.searchsorted(hashes, digest))
-        while row < len(hashes) and hashes[row] == digest:
-            if self._bytes("keys", int(offsets[row]), int(offsets[row + 1])) == key:
-                return row
-            row += 1
-        return None
+    def key(self, row: int) -> bytes:
+        """The key of `row`."""
+        offsets = self.files["searched"]["key_offsets"]
+        return self._bytes("keys", int(offsets[row]), int(offsets[row + 1]))
 
     def map(self, row: int) -> np.ndarray:
         _, _, shape = self.files["read"]["maps"]
@@ -225,9 +224,40 @@ def _open_rows(path: Path, dtype: type, ndim: int) -> tuple[int, int, tuple[int,
     return os.open(path, os.O_RDONLY), offset, shape
 
 
+class _Merged:
+    """One sorted index over a list of tables, highest priority first: the tables' hashes merged into one sorted
+    uint64 array and, beside it, each key's position in the tables' concatenation (16 bytes a key, 24 while
+    building). Equal hashes keep the list's order, then the row order, so the first confirmed hit is the one a walk
+    of the tables in order finds first. Building opens and checks every table of the list, so a damaged shard's
+    ShardError (naming its file) comes with the first lookup of the kind, whichever shard holds the key."""
+
+    def __init__(self, tables: list[_Table]):
+        hashes = [table.files["searched"]["hash"] for table in tables]
+        self.tables = tables
+        self.starts = [0, *np.cumsum([len(h) for h in hashes]).tolist()]
+        joined = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+        self.where = np.argsort(joined, kind="stable")
+        self.hashes = joined[self.where]
+
+    def find(self, key: bytes) -> tuple[_Table, int] | None:
+        """(table, row) of `key`, or None."""
+        digest = _hash(key)
+        hashes = self.hashes
+        at = int(hashes.searchsorted(digest))
+        while at < len(hashes) and hashes[at] == digest:
+            position = int(self.where[at])
+            index = bisect.bisect_right(self.starts, position) - 1
+            table, row = self.tables[index], position - self.starts[index]
+            if table.key(row) == key:
+                return table, row
+            at += 1
+        return None
+
+
 class SaliencyStore:
     """Read-only access to the saliency stage's maps, by image path and, where one exists, by (text, image) pair.
-    Nothing is loaded up front: each lookup searches the shards' sorted hashes and reads the one map it returns."""
+    Nothing is loaded up front: the first lookup in a table kind merges the shards' sorted hashes into one index;
+    each lookup searches it once and reads the one key and map it needs."""
 
     def __init__(self, saliency_dir: Path):
         manifest_path = saliency_dir / "manifest.json"
@@ -249,29 +279,31 @@ class SaliencyStore:
                                         f"{folder} (rerun `ssame saliency`)")
             self._images.append(_Table(folder, "images"))
             self._pairs.append(_Table(folder, "pairs", subjects=True))
+        self._merged: dict[str, _Merged] = {}  # per table kind, built on its first lookup
 
-    @staticmethod
-    def _find(tables: list[_Table], key: bytes) -> tuple[_Table, int] | None:
-        digest = _hash(key)
-        for table in tables:
-            if (row := table.find(key, digest)) is not None:
-                return table, row
-        return None
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_merged": {}}  # a DataLoader worker rebuilds its index on first use
+
+    def _find(self, kind: str, key: bytes) -> tuple[_Table, int] | None:
+        merged = self._merged.get(kind)
+        if merged is None:
+            merged = self._merged[kind] = _Merged(self._pairs if kind == "pairs" else self._images)
+        return merged.find(key)
 
     def __contains__(self, image_path: str) -> bool:
-        return self._find(self._images, image_path.encode()) is not None
+        return self._find("images", image_path.encode()) is not None
 
     def subject(self, text: str, image_path: str) -> str | None:
         """The first subject phrase of a (text, image) pair that has a fused map, else None."""
-        hit = self._find(self._pairs, _pair_key(text, image_path))
+        hit = self._find("pairs", _pair_key(text, image_path))
         return hit[0].subject(hit[1]) if hit else None
 
     def map(self, image_path: str, grid: tuple[int, int] | None = None, text: str | None = None) -> np.ndarray:
         """The pair's fused map if `text` names a subject, else the image's bottom-up map (float32), optionally
         area-resized to a (rows, cols) token grid."""
-        hit = self._find(self._pairs, _pair_key(text, image_path)) if text is not None else None
+        hit = self._find("pairs", _pair_key(text, image_path)) if text is not None else None
         if hit is None:
-            hit = self._find(self._images, image_path.encode())
+            hit = self._find("images", image_path.encode())
             if hit is None:
                 raise KeyError(f"no saliency map for image '{image_path}' in the saliency stage's shards")
         sal = hit[0].map(hit[1])

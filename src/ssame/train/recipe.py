@@ -23,8 +23,16 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
 
 from ssame.atomic import atomic_path, write_json
-from ssame.config import Paths, as_params, uses_pretrain, variant_mines, variant_uses_saliency
+from ssame.config import (
+    Paths,
+    as_params,
+    pretrained_backbone,
+    uses_image_features,
+    variant_mines,
+    variant_uses_saliency,
+)
 from ssame.data.io import image_root, train_path
+from ssame.features.store import features_for
 from ssame.logs import Progress
 from ssame.model import Embedder, InputBuilder, load_backbone
 from ssame.model.backbone import square_side
@@ -56,11 +64,6 @@ def make_accelerator() -> Accelerator:
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
-def pretrained_backbone(params: dict[str, Any]) -> Path | None:
-    """The pretrain stage's model folder when the params pretrain the tiny backbone, else None (random init or hub)."""
-    return Paths.from_params(params).pretrain / "model" if uses_pretrain(params) else None
-
-
 def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accelerator):
     """(embedder, objective, optimizer, scheduler, tokenizer, image processor): model and optimizer prepared by
     `accelerator`, the LR schedule registered for its checkpoints (stepped by the caller, once per step)."""
@@ -70,8 +73,9 @@ def build_trainer(params: dict[str, Any], variant_name: str, accelerator: Accele
     backbone, tokenizer, image_processor = load_backbone(params, paths.data, pretrained_backbone(params))
     embedder = Embedder(backbone, variant, lora=params["model"]["lora"], mrope=params["model"]["mrope"])
     store = SaliencyStore(paths.saliency) if variant_uses_saliency(variant) else None
+    features = features_for(params, embedder)  # the frozen tower's output, computed once by the features stage
     build = InputBuilder(tokenizer, image_processor, image_root(paths.data), cfg["max_text_tokens"],
-                         image_side=square_side(params["model"]))
+                         image_side=square_side(params["model"]), features=features)
     if cfg["freeze_vision"]:  # under LoRA peft has frozen it already
         embedder.qwen.model.visual.requires_grad_(False)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
@@ -116,6 +120,8 @@ def job_inputs(params: dict[str, Any], variant_name: str, seed: int) -> dict[str
         inputs["saliency_manifest"] = paths.saliency / "manifest.json"
     if variant_mines(params["variants"][variant_name]):
         inputs["mined_negatives"] = paths.mine(seed) / "negatives.parquet"
+    if uses_image_features(params):
+        inputs["image_features"] = paths.features
     return inputs
 
 
@@ -210,6 +216,9 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
                     "history": history, "run_id": mlflow.active_run().info.run_id if main else None,
                     "seconds": time.perf_counter() - begin}, shaped_by)
         seconds = time.perf_counter() - begin
+        if (features := objective.build.features) is not None:  # counted where batches are prepared
+            log.info("image features: %d batches read from %s, %d sent through the tower (in this process)",
+                     features.hits, features.folder, features.misses)
         tail = history[-LOG_EVERY:]
         metrics = {key: sum(r[key] for r in tail) / len(tail) for key in tail[0]}
         metrics |= {"steps": cfg["steps"], "train_seconds": seconds,
