@@ -21,9 +21,10 @@ from distributed_step import subject_rich_batch
 STEP_SCRIPT = Path(__file__).with_name("distributed_step.py")
 
 
-def _grads(params: dict, chunk: int | None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def _grads(params: dict, chunk: int | None, one_pass: bool = True) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     params = copy.deepcopy(params)
     params["train"]["grad_cache_chunk_size"] = chunk
+    params["train"]["one_pass"] = one_pass
     set_seed(0)
     accelerator = make_accelerator()
     embedder, objective, *_ = build_trainer(params, "ssame", accelerator)
@@ -48,6 +49,16 @@ def test_every_term_is_active(full_batch):
     assert record["loss_subject"] > 0 and record["loss_attn"] > 0 and record["loss_nce"] > 0
     assert any(k.startswith("regen.") for k in grads)
     assert 0 < record["visual_attention_mass"] <= 1
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_one_pass_over_every_group_equals_a_pass_per_group(small_built, full_batch, chunk):
+    """`train.one_pass` pads queries, positives, negatives and phrases into one batch: the same loss terms and
+    gradients (to float rounding) as one batch per group, with and without GradCache."""
+    record, grads = _grads(small_built, chunk, one_pass=False)
+    _assert_same(full_batch[1], grads)
+    for key, value in full_batch[0].items():
+        assert record[key] == pytest.approx(value, abs=1e-5), key
 
 
 @pytest.mark.parametrize("chunk", [3, 1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +79,22 @@ def build(params: dict, seed_systems: bool = False) -> None:
     manifest = read_manifest(results / "data")
     manifest = manifest[manifest["num_queries"] > 0]  # as the evaluate stage: a dataset without rows is not scored
     datasets = manifest["dataset"].tolist()
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("fork")) as side:
+        # the saliency stage's figures, which need nothing below, render in a forked process meanwhile
+        saliency = None if seed_systems else side.submit(_saliency_part, results, datasets, reports)
+        _evaluation_part(params, seed_systems, results, reports, variants, seeds, manifest, datasets)
+        if saliency is not None:
+            saliency.result()
+
+
+def _saliency_part(results: Path, datasets: list[str], reports: Path) -> None:
+    saliency_overlays(results, datasets, reports / "figures" / "saliency_overlays.png")
+    build_saliency_report(results, reports)
+
+
+def _evaluation_part(params, seed_systems: bool, results: Path, reports: Path, variants: list[str], seeds: list[int],
+                     manifest: pd.DataFrame, datasets: list[str]) -> None:
+    """The tables and figures of the evaluated variants."""
     scores, per_dataset = load_aggregates(results, variants, seeds, datasets)
     tables, labels = reports / "tables", variant_labels(params)
 
@@ -105,6 +123,3 @@ def build(params: dict, seed_systems: bool = False) -> None:
     ablation_bars(delta, figures / "ablation_bars.png")
     compared = [v for v in ("baseline", REFERENCE) if v in variants] or variants[:2]
     attention_grid(results, compared, seeds, figures / "attention_grid.png")
-    if not seed_systems:
-        saliency_overlays(results, datasets, figures / "saliency_overlays.png")
-        build_saliency_report(results, reports)

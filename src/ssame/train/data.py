@@ -24,6 +24,7 @@ from ssame.train.batches import BatchOrder
 from ssame.train.mined import choose
 
 GROUPS = ("query", "pos", "neg", "phrase")
+ONE_PASS = "all"  # the batch key of a chunk prepared for one forward pass (`train.one_pass`)
 
 
 def _to(batch: EncodedBatch, device: torch.device) -> EncodedBatch:
@@ -37,19 +38,22 @@ def _pinned(batch: EncodedBatch) -> EncodedBatch:
 @dataclass
 class PreparedChunk:
     """Model inputs of a chunk of rows (groups of GROUPS that are not empty), the images whose saliency-pooled
-    regions meet a subject phrase ((group, image index) per phrase, in phrase order) and the loss ids."""
+    regions meet a subject phrase ((group, image index) per phrase, in phrase order) and the loss ids. `batches`
+    holds one batch per group, or under `train.one_pass` the single batch ONE_PASS of every group's rows in GROUPS
+    order, with `spans` giving each group's (first row, end row, first image, end image) in it."""
 
     batches: dict[str, EncodedBatch]
     regions: list[tuple[str, int]]
     ids: dict[str, torch.Tensor]
+    spans: dict[str, tuple[int, int, int, int]] | None = None
 
     def to(self, device: torch.device) -> PreparedChunk:
-        return PreparedChunk({k: _to(b, device) for k, b in self.batches.items()}, self.regions,
-                             {k: v.to(device, non_blocking=True) for k, v in self.ids.items()})
+        return replace(self, batches={k: _to(b, device) for k, b in self.batches.items()},
+                       ids={k: v.to(device, non_blocking=True) for k, v in self.ids.items()})
 
     def pin_memory(self) -> PreparedChunk:
-        return PreparedChunk({k: _pinned(b) for k, b in self.batches.items()}, self.regions,
-                             {k: v.pin_memory() for k, v in self.ids.items()})
+        return replace(self, batches={k: _pinned(b) for k, b in self.batches.items()},
+                       ids={k: v.pin_memory() for k, v in self.ids.items()})
 
 
 @dataclass
@@ -69,11 +73,12 @@ class Preparer:
     """The CPU half of the objective, identical on every process (and in every DataLoader worker)."""
 
     def __init__(self, build: InputBuilder, store: SaliencyStore | None, hard_negatives: bool, with_subjects: bool,
-                 mined_k: int | None = None):
+                 mined_k: int | None = None, one_pass: bool = False):
         """`mined_k`: UniME-V2's negatives per query (rows carry `train.mined.choose` columns); they replace
-        MMEB's own hard negative."""
+        MMEB's own hard negative. `one_pass`: every group in one batch (PreparedChunk)."""
         self.build, self.store = build, store
         self.hard_negatives, self.with_subjects, self.mined_k = hard_negatives, with_subjects, mined_k
+        self.one_pass = one_pass
 
     def annotate(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Add the ids and subject phrases the loss needs. Ids only say which rows of the batch share a target
@@ -120,19 +125,30 @@ class Preparer:
         groups = {"query": (rows["qry"], rows["qry_image_path"]), "pos": (rows["pos_text"], rows["pos_image_path"]),
                   "neg": (negs["neg_text"], negs["neg_image_path"]),
                   "phrase": ([subjects[side][r] for side, r in named], [""] * len(named))}
-        batches = {k: self.build(list(texts), list(images), self.store)
-                   for k, (texts, images) in groups.items() if len(texts)}
+        groups = {k: (list(texts), list(images)) for k, (texts, images) in groups.items() if len(texts)}
+        spans = None
+        if self.one_pass:
+            batches = {ONE_PASS: self.build([t for texts, _ in groups.values() for t in texts],
+                                            [i for _, images in groups.values() for i in images], self.store)}
+            spans, rows_at, images_at = {}, 0, 0
+            for k, (texts, images) in groups.items():
+                with_image = sum(bool(i) for i in images)
+                spans[k] = (rows_at, rows_at + len(texts), images_at, images_at + with_image)
+                rows_at, images_at = rows_at + len(texts), images_at + with_image
+        else:
+            batches = {k: self.build(texts, images, self.store) for k, (texts, images) in groups.items()}
         regions = []
         for side, r in named:
             group = "query" if side == "qry" else "pos"
-            regions.append((group, batches[group].image_rows.index(r)))
+            images = groups[group][1]
+            regions.append((group, sum(bool(i) for i in images[:r])))  # its image's place among the group's
         ids = {"pos": torch.tensor(rows["pos_id"].tolist(), dtype=torch.long),
                "neg": torch.tensor(negs["neg_id"].tolist(), dtype=torch.long),
                "region": torch.tensor([int(subject_ids[side][r]) for side, r in named], dtype=torch.long)}
         if self.mined_k:  # the judge's scores of each row's positive and its k negatives, in that order
             ids["judge"] = torch.tensor([[p, *js] for p, js in zip(rows["pos_judge"], rows["mined_judge"],
                                                                      strict=True)], dtype=torch.float32)
-        return PreparedChunk(batches, regions, ids)
+        return PreparedChunk(batches, regions, ids, spans)
 
     def step(self, global_batch: pd.DataFrame, world: int, rank: int, chunk_size: int | None) -> StepBatch:
         """Process `rank`'s contiguous slice of the global batch, in GradCache chunks of `chunk_size` rows."""

@@ -28,6 +28,7 @@ from ssame.losses import (
     subject_alignment,
 )
 from ssame.model import Embedder, InputBuilder
+from ssame.model.embedder import EmbedOutput
 from ssame.saliency.store import SaliencyStore
 from ssame.train.data import PreparedChunk, Preparer, StepBatch
 
@@ -78,7 +79,8 @@ class Objective:
         self.subject_weight = float(variant["subject_loss_weight"])
         if (self.attn_weight > 0 or self.subject_weight > 0) and store is None:
             raise ValueError("the attention and subject objectives need the saliency stage's maps")
-        self.preparer = Preparer(build, store, bool(train_cfg["hard_negatives"]), self.subject_weight > 0, mined_k)
+        self.preparer = Preparer(build, store, bool(train_cfg["hard_negatives"]), self.subject_weight > 0, mined_k,
+                                 train_cfg["one_pass"])
 
     @property
     def build(self) -> InputBuilder:
@@ -103,10 +105,15 @@ class Objective:
         batches = chunk.batches
         outs = dict(zip(batches, self.embedder(list(batches.values()), with_attention=need_attn,
                                                with_hidden=self.subject_weight > 0), strict=True))
+        maps = {k: b.saliency or [] for k, b in batches.items()}
+        if chunk.spans is not None:  # one pass over every group: each group's rows and images back apart
+            (out,), (group_maps,) = outs.values(), maps.values()
+            outs = {k: EmbedOutput(out.embeddings[r0:r1], out.visual_attention[i0:i1], out.visual_hidden[i0:i1])
+                    for k, (r0, r1, i0, i1) in chunk.spans.items()}
+            maps = {k: group_maps[i0:i1] for k, (_, _, i0, i1) in chunk.spans.items()}
         empty = outs["query"].embeddings.new_zeros((0, outs["query"].embeddings.shape[1]))
         reps = {k: outs[k].embeddings if k in outs else empty for k in ("query", "pos", "neg", "phrase")}
-        saliency = {k: [torch.as_tensor(s.ravel(), device=device) for s in (batches[k].saliency or [])]
-                    for k in ("query", "pos")}
+        saliency = {k: [torch.as_tensor(s.ravel(), device=device) for s in maps.get(k, [])] for k in ("query", "pos")}
         kl_sum, extras = torch.zeros((), device=device), {}
         attention = [a for k in ("query", "pos") for a in outs[k].visual_attention]
         if need_attn and attention:
