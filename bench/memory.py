@@ -3,9 +3,10 @@
 Usage: python bench/memory.py [--base-rows 96] [--steps 60] [--workers 0] [--keep DIR]
 Builds MMEB-mini at `train_rows_per_dataset` = base, 4 x base and 16 x base (base 96 = a quarter of the default
 profile's 384, so 4x is the default) in a scratch folder, writes saliency shards with synthetic maps for every image
-and every (text, image) pair of the training rows (instead of running the saliency stage, to keep the bench short),
-then trains the `ssame` variant (default profile otherwise: batch 16, all loss terms) for a fixed number of steps in
-a fresh process per scale. Printed per scale: training rows, distinct images, peak RSS of the training process
+and every (text, image) pair of the training rows (instead of running the saliency stage, to keep the bench short)
+and the features stage's image features (of a backbone pretrained for two steps), then trains the `ssame`
+variant (default profile otherwise: batch 16, all loss terms) for a fixed number of steps in a fresh process per
+scale. Printed per scale: training rows, distinct images, peak RSS of the training process
 (and of its DataLoader workers, with --workers); then the largest / smallest peak. Target (step 5): flat within 10 %.
 """
 
@@ -89,7 +90,7 @@ def main() -> None:
     if args.job:
         print(json.dumps(job(args.job)))
         return
-    from ssame import data
+    from ssame import data, features, pretrain
     from ssame.config import load_params
 
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="ssame-memory-"))
@@ -101,9 +102,13 @@ def main() -> None:
         params["tracking"]["mlflow_db"] = str(root / "mlflow" / "mlflow.db")
         params["data"]["mini"].update(train_rows_per_dataset=args.base_rows * scale, eval_queries_per_dataset=4)
         params["train"].update(steps=args.steps, checkpoint_every=None, num_workers=args.workers)
+        # a barely pretrained backbone: a job's memory does not depend on its weights
+        params["pretrain"].update(steps=2, scenes=4, batch_size=4, warmup_steps=1, probe_scenes=0)
         if not (root / "results" / "saliency" / "manifest.json").is_file():
             data.build(params)
             synthetic_saliency(params)
+            pretrain.build(params)
+            features.build(params)  # the default profile's image features (model.image_features: cached)
         (root / "params.json").write_text(json.dumps(params))
         rows, images = distinct_images(params)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--job", str(root / "params.json")]

@@ -24,7 +24,7 @@ def hub_params(small_built, tmp_path_factory):
     params = copy.deepcopy(small_built)
     folder = write_tiny_models(tmp_path_factory.mktemp("models"), seed=0)["backbone"]
     params["model"].update(backbone=str(folder), revision=None, dtype="bfloat16", attn_implementation="sdpa",
-                           gradient_checkpointing=True,
+                           gradient_checkpointing=True, image_features="pixels",  # as params/paper.yaml
                            lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
     return as_params(params)  # validated (a local folder needs revision null), the schema's defaults filled
 

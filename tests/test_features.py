@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import re
 import shutil
 
@@ -71,6 +72,16 @@ def test_embedder_gives_the_same_embeddings_from_features_as_from_pixels(stack, 
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_pickled_store_reopens_its_file(stack):
+    """DataLoader workers receive the store pickled: without its file descriptor, opened again on first read."""
+    store = stack[-1]
+    expected = store.inputs(store.images[:3])
+    copy_ = pickle.loads(pickle.dumps(store))
+    assert copy_._fd is None
+    got = copy_.inputs(store.images[:3])
+    assert torch.equal(got["image_features"], expected["image_features"])
+
+
 def test_a_batch_with_an_image_not_held_goes_through_the_tower(stack):
     store = stack[-1]
     hits, misses = store.hits, store.misses
@@ -110,10 +121,14 @@ def test_a_broken_record_names_its_file(stack, tmp_path):
         FeatureStore(tmp_path / "absent")
 
 
-def test_cached_features_need_a_frozen_tower(params):
-    params["train"]["freeze_vision"] = False
+def test_cached_features_need_one_frozen_tower(params):
     params["model"]["image_features"] = "cached"
+    params["train"]["freeze_vision"] = False
     with pytest.raises(ParamsError, match=r"train\.freeze_vision"):
+        as_params(params)
+    params["train"]["freeze_vision"] = True
+    params["pretrain"]["steps"] = 0  # each seed's random init: a tower per seed
+    with pytest.raises(ParamsError, match=r"pretrain\.steps"):
         as_params(params)
     params["model"]["image_features"] = "pixels"
     as_params(params)

@@ -152,6 +152,7 @@ def test_pretrain_applies_to_the_tiny_backbone_only(small_built):
     params = copy.deepcopy(small_built)
     assert uses_pretrain(as_params(params))
     params["pretrain"]["steps"] = 0
+    params["model"]["image_features"] = "pixels"  # cached features need the pretrained tower (test_features.py)
     assert not uses_pretrain(as_params(params))
     with pytest.raises(ValueError, match="only the tiny backbone is pretrained"):
         build(params)

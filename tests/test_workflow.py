@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,8 @@ def test_job_logs_show_progress(project, first_run):
                    ["per_dataset"])
     assert evaluate.count("INFO ssame.evaluate: dataset ") == datasets
     assert f"dataset {datasets}/{datasets} (100 %)" in evaluate
+    for log in (train, evaluate):  # every batch's images came from the features stage, none through the tower
+        assert re.search(r"image features: [1-9]\d* batches read from \S+, 0 sent through the tower", log)
     assert "INFO ssame.pretrain: step 4/4 (100 %) loss_lm" in (logs / "pretrain.log").read_text()
 
 
@@ -130,7 +133,8 @@ def test_mlflow_runs_form_one_tree(project, first_run):
     parents = [r for r in runs if r.data.tags["stage"] == "workflow"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.info.run_name: r for r in runs if r is not parents[0]}
-    assert sorted(children) == sorted(["data", "pretrain", "saliency", "mine/seed0", "report", "report/seed_systems", *(
+    whole_stages = ["data", "pretrain", "features", "saliency", "mine/seed0", "report", "report/seed_systems"]
+    assert sorted(children) == sorted([*whole_stages, *(
         f"{stage}/{variant}/seed0" for stage in ["train", "evaluate"] for variant in VARIANTS)])
     digests = set()
     for name, run in children.items():

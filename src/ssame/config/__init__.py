@@ -224,6 +224,11 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
         raise ParamsError(f"{source}: model.image_features 'cached' computes each image's features once with the "
                           "tower training starts from, so that tower must stay frozen: set train.freeze_vision: true "
                           "or model.image_features: pixels")
+    if (params["model"]["image_features"] == "cached" and params["model"]["backbone"] == "tiny"
+            and params["pretrain"]["steps"] == 0):
+        raise ParamsError(f"{source}: model.image_features 'cached' needs one tower for every job, but a tiny backbone "
+                          "without pretraining (pretrain.steps 0) starts each seed from its own random init; set "
+                          "model.image_features: pixels or pretrain.steps > 0")
     if params["model"]["lora"] and not train["freeze_vision"]:
         raise ParamsError(f"{source}: model.lora adapts the language model only and leaves the vision tower frozen; "
                           "set train.freeze_vision: true to say so")

@@ -4,21 +4,25 @@
 visual tokens, concatenated in key order; `offsets` (N+1,) int64; `grid_thw` (N, 3) int64, the processor's patch
 grid) and `features.json` (`images`: the N keys, image paths relative to the data stage's image root, sorted;
 `tower`: digest of the vision tower's weights; `settings`: the image sizing the features were computed under).
-The folder is written atomically. `FeatureStore` loads it whole (the default run's 8 k images: 33 MB) and answers
-a batch of image paths with the model inputs that replace `pixel_values`; a batch with any image it does not hold
-goes through the tower as before (`InputBuilder`). Valid only while the tower is the one digested: training freezes
-it (`train.freeze_vision`), and every reader checks the digest against its model. Design: docs/training.md.
+The folder is written atomically. `FeatureStore` reads it batch by batch (the default run's 8 k images: 33 MB)
+and answers a batch of image paths with the model inputs that replace `pixel_values`; a batch with any image it does
+not hold goes through the tower as before (`InputBuilder`). Valid only while the tower is the one digested:
+training freezes it (`train.freeze_vision`), and every reader checks the digest against its model. Design:
+docs/training.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ssame.atomic import atomic_dir
@@ -73,7 +77,9 @@ def features_for(params: dict[str, Any], embedder) -> FeatureStore | None:
 
 
 class FeatureStore:
-    """Read-only: the features of the images the features stage encoded, by image path."""
+    """Read-only: the features of the images the features stage encoded, by image path. The offsets and grids are
+    loaded (16 + 24 bytes per image); each batch's features are read from the file with os.pread, so a process holds
+    only the batches it asked for, whatever the number of images (tests/test_features.py; bench/memory.py)."""
 
     def __init__(self, folder: Path):
         record_path, tensors_path = folder / RECORD, folder / TENSORS
@@ -87,16 +93,29 @@ class FeatureStore:
         except (ValueError, KeyError, TypeError) as err:
             raise FeatureStoreError(f"{record_path}: not a features record ({type(err).__name__}: {err}); rerun "
                                     "`ssame features`") from err
-        tensors = load_file(tensors_path)
-        self.features, self.offsets, self.grid_thw = tensors["features"], tensors["offsets"], tensors["grid_thw"]
-        if not (len(self.offsets) == len(self.grid_thw) + 1 == len(self.images) + 1
-                and int(self.offsets[-1]) == len(self.features)):
+        self.folder, self.path = folder, tensors_path
+        try:
+            with safe_open(tensors_path, framework="pt") as tensors:
+                self.offsets, self.grid_thw = tensors.get_tensor("offsets"), tensors.get_tensor("grid_thw")
+            self.dtype, (rows, self.dim), self.start = _features_layout(tensors_path)
+        except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as err:
+            raise FeatureStoreError(f"{tensors_path}: unreadable ({type(err).__name__}: {err}); rerun "
+                                    "`ssame features`") from err
+        if not (len(self.offsets) == len(self.grid_thw) + 1 == len(self.images) + 1 and int(self.offsets[-1]) == rows):
             raise FeatureStoreError(f"{tensors_path}: {len(self.images)} images in {record_path.name}, "
                                     f"{len(self.grid_thw)} grids, {len(self.offsets)} offsets ending at "
-                                    f"{int(self.offsets[-1])} for {len(self.features)} feature rows")
+                                    f"{int(self.offsets[-1])} for {rows} feature rows")
+        self.row_bytes = self.dim * self.dtype.itemsize
         self.index = {image: i for i, image in enumerate(self.images)}
-        self.folder = folder
+        self._fd: int | None = None
         self.hits = self.misses = 0  # batches answered here / left to the tower (logged by the readers)
+
+    def __getstate__(self) -> dict:  # a DataLoader worker opens the file itself
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def check(self, visual: nn.Module, settings: dict[str, Any]) -> None:
         """Raise unless `visual` is the tower these features came from and the image sizing is the same."""
@@ -119,5 +138,26 @@ class FeatureStore:
             self.misses += 1
             return None
         self.hits += 1
-        blocks = [self.features[self.offsets[r]:self.offsets[r + 1]] for r in rows]
-        return {"image_features": torch.cat(blocks), "image_grid_thw": self.grid_thw[rows]}
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        spans = [(int(self.offsets[r]), int(self.offsets[r + 1])) for r in rows]
+        size, at = self.row_bytes, self.start
+        data = bytearray(b"".join(os.pread(self._fd, (stop - begin) * size, at + begin * size)
+                                  for begin, stop in spans))
+        if len(data) != sum(stop - begin for begin, stop in spans) * self.row_bytes:
+            raise FeatureStoreError(f"{self.path}: truncated (rerun `ssame features`)")
+        return {"image_features": torch.frombuffer(data, dtype=self.dtype).view(-1, self.dim),
+                "image_grid_thw": self.grid_thw[rows]}
+
+
+def _features_layout(path: Path) -> tuple[torch.dtype, tuple[int, int], int]:
+    """(dtype, shape, byte offset in the file) of the `features` tensor, from the safetensors header."""
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        entry = json.loads(handle.read(length))["features"]
+    begin, end = entry["data_offsets"]
+    dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[entry["dtype"]]
+    rows, dim = entry["shape"]
+    if end - begin != rows * dim * dtype.itemsize:
+        raise ValueError(f"features: {end - begin} bytes for shape {entry['shape']} {entry['dtype']}")
+    return dtype, (rows, dim), 8 + length + begin
