@@ -78,6 +78,7 @@ def _tracked(stage: str, build: Callable[[Any], Any], params: Any, wildcards: di
         if isinstance(figures, dict):
             mlflow.log_metrics({k: float(v) for k, v in figures.items() if isinstance(v, int | float)})
         summaries = {"data": [paths.data / n for n in ("manifest.csv", "eval_checks.json", "unreadable.json")],
+                     "features": [paths.features / "features.json"],
                      "saliency": [paths.saliency / n for n in ("manifest.json", "quality.csv")],
                      "mine": [paths.mine(seed) / "stats.json"]}.get(stage, [])
         for path in summaries:

@@ -222,12 +222,12 @@ def _check_cross_fields(params: dict[str, Any], source: str) -> None:
         raise ParamsError(f"{source}: mine.miner '{params['mine']['miner']}' cannot itself train on mined negatives")
     if params["model"]["image_features"] == "cached" and not train["freeze_vision"]:
         raise ParamsError(f"{source}: model.image_features 'cached' computes each image's features once with the "
-                          "tower training starts from, so that tower must stay frozen: set train.freeze_vision: true "
-                          "or model.image_features: pixels")
+                          "tower training starts from, so that tower must stay frozen: key 'freeze_vision' of train "
+                          "must be true (or set model.image_features: pixels)")
     if (params["model"]["image_features"] == "cached" and params["model"]["backbone"] == "tiny"
             and params["pretrain"]["steps"] == 0):
-        raise ParamsError(f"{source}: model.image_features 'cached' needs one tower for every job, but a tiny backbone "
-                          "without pretraining (pretrain.steps 0) starts each seed from its own random init; set "
+        raise ParamsError(f"{source}: model.image_features 'cached' needs one tower for every job, but with key "
+                          "'steps' of pretrain at 0 the tiny backbone starts each seed from its own random init; set "
                           "model.image_features: pixels or pretrain.steps > 0")
     if params["model"]["lora"] and not train["freeze_vision"]:
         raise ParamsError(f"{source}: model.lora adapts the language model only and leaves the vision tower frozen; "
