@@ -352,14 +352,15 @@ def stage_params(params: Mapping[str, Any], rule: str, variant: str | None = Non
     """The params a job of `rule` depends on, by dotted key: Snakemake reruns a job when one changes (the rule's
     `params`), and the generated dvc.yaml lists the same keys. A training job depends on its own variant and the
     train keys that shape a run, so a new seed or variant leaves the other runs up to date."""
+    pretrain = ["pretrain"] if uses_pretrain(params) else []
     if rule == "train":
-        keys = ["model", *(["pretrain"] if uses_pretrain(params) else []),
+        keys = ["model", *pretrain,
                 *(["mine"] if variant_mines(params["variants"][variant]) else []), f"variants.{variant}",
                 *(f"train.{key}" for key in params["train"] if key not in RUN_ONLY_KEYS)]
     else:
         report = ["model", "variants", "train.variants", "train.seeds", "evaluate"]
-        pretrain = ["pretrain"] if uses_pretrain(params) else []
-        keys = {"pretrain": ["pretrain", "model"], "features": ["model", *pretrain], "mine": ["mine"], "report": report,
+        keys = {"pretrain": ["pretrain", "model"], "features": ["model", *pretrain, "evaluate.batch_size"],
+                "mine": ["mine"], "report": report,
                 "report_seed_systems": [*report, "train.seed_systems"]}.get(rule, [rule])
     return {key: _lookup(params, key) for key in keys}
 

@@ -232,8 +232,7 @@ def evaluate(params: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
                 mlflow.log_metrics({f"{k}.{row.dataset}": v for k, v in (record | speed).items()
                                     if isinstance(v, float)})
         if evaluator.features is not None:
-            log.info("image features: %d batches read from %s, %d sent through the tower (in this process)",
-                     evaluator.features.hits, evaluator.features.folder, evaluator.features.misses)
+            log.info("%s (in this process)", evaluator.features.usage())
         boot = params["evaluate"]["bootstrap"]
         scores = {name: rec["hit_at_1"] for name, rec in records.items()}
         summary = {"variant": variant, "seed": seed, **aggregate(scores, manifest), "per_dataset": scores,

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ssame.config import Paths, as_params, pretrained_backbone
+from ssame.config import Paths, as_params, pretrained_backbone, uses_image_features
 from ssame.data.io import (
     EVAL_IMAGE_COLUMNS,
     TRAIN_IMAGE_COLUMNS,
@@ -60,8 +60,10 @@ def benchmark_images(data_dir: Path) -> list[str]:
 def _undecodable(data_dir: Path, err: ImageDecodeError) -> DataFormatError:
     """The error naming the first table row that references the image `err` could not decode."""
     for where, frame, columns in _tables(data_dir):
-        if any(ref.path == err.path for ref in references(frame, columns, where)):
+        try:
             return DataFormatError(f"{first_reference(frame, columns, where, {err.path})} cannot be decoded: {err}")
+        except KeyError:  # not referenced by this table
+            continue
     return DataFormatError(str(err))
 
 
@@ -70,7 +72,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
 
     params = as_params(params)
     model_cfg = params["model"]
-    if model_cfg["image_features"] != "cached":
+    if not uses_image_features(params):
         raise ValueError("features: params model.image_features is 'pixels'; the stage runs for 'cached' only")
     paths = Paths.from_params(params)
     backbone, tokenizer, processor = load_backbone(params, paths.data, pretrained_backbone(params))
@@ -78,7 +80,7 @@ def build(params: Mapping[str, Any]) -> dict[str, float]:
     backbone.to(device).eval()
     build_inputs = InputBuilder(tokenizer, processor, image_root(paths.data), None, image_side=square_side(model_cfg))
     images = benchmark_images(paths.data)
-    batch = params["evaluate"]["batch_size"]
+    batch = params["evaluate"]["batch_size"]  # images per tower call (the features depend on it in the last bits)
     features, grids, began = [], [], time.perf_counter()
     progress = Progress(log, "batch", -(-len(images) // batch), params["tracking"]["progress_every"])
     with torch.no_grad():

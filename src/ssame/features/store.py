@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ssame.atomic import atomic_dir
-from ssame.config import Paths
+from ssame.config import Paths, uses_image_features
 from ssame.model.backbone import pixel_budget, square_side
 
 TENSORS, RECORD = "features.safetensors", "features.json"
@@ -69,7 +69,7 @@ def write(folder: Path, images: list[str], features: list[torch.Tensor], grid_th
 def features_for(params: dict[str, Any], embedder) -> FeatureStore | None:
     """The features stage's store, checked against `embedder`'s tower, when params `model.image_features` is
     cached; else None (inputs keep their pixels)."""
-    if params["model"]["image_features"] != "cached":
+    if not uses_image_features(params):
         return None
     store = FeatureStore(Paths.from_params(params).features)
     store.check(embedder.qwen.model.visual, image_settings(params["model"]))
@@ -126,6 +126,10 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.folder / RECORD}: the model's vision tower is not the one these features "
                                     "came from (its weights changed: a tower trained with train.freeze_vision false, "
                                     "or another backbone); rerun `ssame features` or set model.image_features: pixels")
+
+    def usage(self) -> str:
+        """How many batches this process answered from the file and how many it left to the tower (for logs)."""
+        return f"image features: {self.hits} batches read from {self.folder}, {self.misses} sent through the tower"
 
     def __contains__(self, image: str) -> bool:
         return image in self.index

@@ -217,8 +217,7 @@ def train(params: dict[str, Any], variant_name: str, seed: int) -> dict[str, flo
                     "seconds": time.perf_counter() - begin}, shaped_by)
         seconds = time.perf_counter() - begin
         if (features := objective.build.features) is not None:  # counted where batches are prepared
-            log.info("image features: %d batches read from %s, %d sent through the tower (in this process)",
-                     features.hits, features.folder, features.misses)
+            log.info("%s (in this process)", features.usage())
         tail = history[-LOG_EVERY:]
         metrics = {key: sum(r[key] for r in tail) / len(tail) for key in tail[0]}
         metrics |= {"steps": cfg["steps"], "train_seconds": seconds,
